@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The main job on the embedded default (Fashion-MNIST): a quick HM[S,gLGA]&ICS training run, ONNX export, an index
+# of the test split, the service on 127.0.0.1, one /search and one /probe request, then the service is stopped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rr=".venv/bin/robust-retrieval"
+run="${RUN_DIR:-runs/quickstart}"
+port="${PORT:-8765}"
+
+$rr train --preset quick --method "HM[S,gLGA]&ICS" --out "$run"
+$rr export "$run" -o "$run/bundle"
+$rr index --bundle "$run/bundle" --dataset fashion-mnist:test -o "$run/index"
+
+# A query image: test item 0 of Fashion-MNIST written as a PNG.
+.venv/bin/python - "$run/query.png" <<'PY'
+import sys
+from torchvision.transforms.functional import to_pil_image
+from retrieval.datasets import load_dataset
+image, label = load_dataset("fashion-mnist", "test")[0]
+to_pil_image(image).save(sys.argv[1])
+print(f"query: fashion-mnist test item 0, label {label}")
+PY
+
+$rr serve "$run/index" --port "$port" --enable-probe &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
+for _ in $(seq 120); do
+  curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break
+  sleep 0.5
+done
+
+echo "== POST /search"
+curl -fsS -F "image=@$run/query.png" -F top_k=5 "http://127.0.0.1:$port/search"; echo
+echo "== POST /probe (QA-, 32 steps)"
+curl -fsS -F "image=@$run/query.png" -F attack=QA- -F steps=32 -F top_k=5 "http://127.0.0.1:$port/probe"; echo
