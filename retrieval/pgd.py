@@ -104,7 +104,7 @@ def _run(model, x0, objective, cfg: PGDConfig, random_start: bool, generator) ->
                 best_x, best_j = _keep_best(best_x, best_j, x.detach(), losses.detach())
             x = torch.minimum(torch.maximum(x.detach() - step_size * grad.sign(), lower), upper)
         taken += 1
-        value = float(mean)
+        value = float(mean.detach())
         if cfg.early_stop_tol is not None and previous is not None and abs(value - previous) < cfg.early_stop_tol:
             break
         previous = value

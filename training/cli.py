@@ -2,8 +2,122 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
 import typer
+from rich.console import Console
+
+from retrieval.errors import UserError
+from training.config import PRESETS, TrainConfig, build_config
+
+RESUMABLE = ("epochs", "max_steps", "device", "num_workers", "log_every", "val_every", "val_subset", "val_batch",
+             "checkpoint_every")
+"""Options a resumed run may change; everything else must stay as stored in the run's config.json."""
+
+_FROM_PRESET = "default: from --preset / the model's spec protocol"
+
+
+def train(
+    out: Path = typer.Option(..., "--out", help="Run directory (config.json, log.jsonl, checkpoint.pt, metrics.json)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
+    preset: Optional[str] = typer.Option(None, help=f"Option bundle: {', '.join(PRESETS)}. Explicit options win."),
+    dataset: Optional[str] = typer.Option(None, help="fashion-mnist, mnist, folder, cub, cars or sop."),
+    data_root: Optional[str] = typer.Option(None, help="Dataset folder (folder, cub, cars, sop)."),
+    model: Optional[str] = typer.Option(None, help="c2f2 (28x28) or resnet18 (224x224)."),
+    embedding_dim: Optional[int] = typer.Option(None, help="Embedding size (512)."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="ImageNet init (resnet18)."),
+    epochs: Optional[int] = typer.Option(None, help=f"Passes over all anchors; {_FROM_PRESET}."),
+    batch_pairs: Optional[int] = typer.Option(None, help=f"SPC-2 pairs per batch and process; {_FROM_PRESET}."),
+    lr: Optional[float] = typer.Option(None, help=f"Adam learning rate; {_FROM_PRESET}."),
+    weight_decay: Optional[float] = typer.Option(None, help=f"Adam (coupled) weight decay; {_FROM_PRESET}."),
+    seed: Optional[int] = typer.Option(None, help="Seed of every random stream (0)."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many iterations in total."),
+    train_subset: Optional[int] = typer.Option(None, help="Train on a seeded class-balanced subset of N anchors."),
+    val_subset: Optional[int] = typer.Option(None, help="Validate on the first N test images."),
+    val_every: Optional[int] = typer.Option(None, help="Validate every N epochs (and at the end)."),
+    val_batch: Optional[int] = typer.Option(None, help="Validation batch size."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Also checkpoint every N iterations."),
+    log_every: Optional[int] = typer.Option(None, help="Iterations per log.jsonl training record (10)."),
+    num_workers: Optional[int] = typer.Option(None, help="DataLoader workers for folder datasets (4)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--nondeterministic",
+                                                 help="Deterministic torch kernels where available (on)."),
+    method: Optional[str] = typer.Option(None, help='Paper notation, e.g. "HM[S,gLGA]&ICS"; options below win.'),
+    defense: Optional[str] = typer.Option(None, help="none, est, act, minmax or hm."),
+    source: Optional[str] = typer.Option(None, "--source", "--miner",
+                                         help="Miner (R/M/S/D/H or random, semihard, ...); HM's source miner."),
+    destination: Optional[str] = typer.Option(None, help="HM destination: miner, constant in [-2,2], lga, boost:<miner>."),
+    ics: Optional[float] = typer.Option(None, help="ICS weight lambda (0 = off)."),
+    pgd_steps: Optional[int] = typer.Option(None, help="Training PGD steps eta (32)."),
+    eps: Optional[float] = typer.Option(None, help="L-inf budget (77/255 at 28x28, 8/255 at 224x224)."),
+    alpha: Optional[float] = typer.Option(None, help="PGD step size (3/255 at 28x28, 1/255 at 224x224)."),
+    xi: Optional[float] = typer.Option(None, help="g_B boost weight (0.1)."),
+    lga_u: Optional[float] = typer.Option(None, help="LGA clip u (0.2)."),
+    margin: Optional[float] = typer.Option(None, help="Triplet margin (0.2)."),
+    precision: Optional[str] = typer.Option(None, help="PGD precision inside the defense: fp32 or bf16."),
+    reference_quirks: Optional[bool] = typer.Option(None, "--reference-quirks/--no-reference-quirks",
+                                                    help="Reproduce the reference implementation's quirks."),
+) -> None:
+    """Train an embedding model with SPC-2 triplets and an optional adversarial defense."""
+    from training.method import parse_method
+    from training.trainer import train as run_training  # late: keeps `--help` of other commands fast
+
+    given = {k: v for k, v in locals().items() if v is not None}
+    options = _pick(given, [f for f in TrainConfig.__dataclass_fields__ if f not in ("defense", "preset", "out")])
+    options["out"] = str(out)
+    defense_options = _pick(given, ["defense", "source", "destination", "ics", "pgd_steps", "eps", "alpha", "xi",
+                                    "lga_u", "margin", "precision"])
+    if reference_quirks is not None:
+        defense_options["reference"] = reference_quirks
+    if resume:
+        cfg = _resumed_config(out, {**options, **defense_options}, preset=preset, method=method)
+    else:
+        parsed = parse_method(method) if method is not None else None
+        cfg = build_config(options, defense_options, preset=preset, method=parsed)
+    _use_all_cores()
+    console = Console()
+    if int(os.environ.get("RANK", "0")) == 0:
+        console.print_json(data=cfg.to_dict())
+    metrics = run_training(cfg, resume=resume, console=console)
+    if int(os.environ.get("RANK", "0")) == 0:
+        shown = ("R@1", "R@2", "mAP", "NMI", "steps", "train_seconds")
+        console.print("final: " + "  ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics))
+        console.print(f"run directory: {cfg.out}")
+
+
+def _pick(values: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    return {k: values[k] for k in names if k in values}
+
+
+def _resumed_config(out: Path, explicit: dict[str, Any], *, preset: str | None, method: str | None) -> TrainConfig:
+    """The stored configuration of the run in `out`, with the RESUMABLE options the user gave applied."""
+    path = out / "config.json"
+    try:
+        stored = TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise UserError(f"nothing to resume: {path} does not exist") from None
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise UserError(f"{path} is not a valid run configuration ({exc})") from None
+    values = {**stored.to_dict(), "out": str(out)}  # the directory may have moved since
+    explicit = {k: v for k, v in explicit.items() if k != "out"}
+    changed = [k for k, v in explicit.items() if k not in RESUMABLE and values.get(k, values["defense"].get(k)) != v]
+    if preset is not None or method is not None or changed:
+        names = ", ".join(f"--{k.replace('_', '-')}" for k in (changed or ["preset/method"]))
+        raise UserError(f"{names} cannot change on --resume; only {', '.join(RESUMABLE)} can")
+    values.update({k: v for k, v in explicit.items() if k in RESUMABLE})
+    return TrainConfig.from_dict(values).validate()
+
+
+def _use_all_cores() -> None:
+    """torch defaults to fewer threads than cores on some machines; OMP_NUM_THREADS (e.g. from torchrun) wins."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(os.cpu_count() or 1)
 
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to the root app."""
+    app.command()(train)

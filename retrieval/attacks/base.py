@@ -1,0 +1,209 @@
+"""The shared shape of every ranking attack (spec section 7): pick targets, run the one PGD engine, measure.
+
+An attack is built once per gallery (benign embeddings held in memory, e.g. the vectors of a FAISS index) and
+called on batches of images. Each subclass supplies two things: `select` (targets drawn with the attack's seeded
+generator) and `score` (the differentiable objective J to minimise plus the reported values in table units).
+
+Self entry: when an attacked image is itself in the gallery (evaluation: the query set is the gallery), its
+entry is the argmin of its benign distance row, as in the reference. Pass `gallery_index_of_self` with -1 for
+images that are not in the gallery (e.g. a `/probe` upload).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import torch
+from torch import nn
+
+from retrieval.distances import normalize
+from retrieval.errors import UserError
+from retrieval.pgd import PGDConfig, frozen, pgd
+
+NOT_IN_GALLERY = -1
+
+
+@dataclass
+class AttackResult:
+    x: torch.Tensor
+    """Perturbed images."""
+    values: dict[str, torch.Tensor]
+    """Per attacked image, each reported value in table units (percent for ranks and recalls)."""
+    targets: torch.Tensor | None
+    """Gallery index of each image's chosen target (query, candidate or embedding), if the attack has one."""
+
+    @property
+    def value(self) -> torch.Tensor:
+        """The attack's main reported value per image."""
+        return next(iter(self.values.values()))
+
+
+@dataclass
+class Batch:
+    """What an attack knows about the images it perturbs, computed once before PGD."""
+
+    embeddings: torch.Tensor
+    """Benign embeddings [k, D]."""
+    distances: torch.Tensor
+    """Benign distances to the gallery [k, NX]."""
+    self_index: torch.Tensor
+    """Gallery position of each image's own entry [k], NOT_IN_GALLERY when absent."""
+    labels: torch.Tensor | None
+
+
+@dataclass
+class Plan:
+    """Targets chosen before PGD, plus any constants the objective needs (computed once, not per step)."""
+
+    targets: torch.Tensor | None = None
+    data: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def gallery_distances(embeddings: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+    """[k, NX] Euclidean distances; torch.cdist's backward stays finite when a distance is exactly zero."""
+    return torch.cdist(embeddings, gallery)
+
+
+def mask_self(distances: torch.Tensor, self_index: torch.Tensor) -> torch.Tensor:
+    """A copy with each row's own gallery entry pushed to +inf (rows without one are unchanged)."""
+    masked = distances.clone()
+    rows = torch.nonzero(self_index != NOT_IN_GALLERY).flatten()
+    masked[rows, self_index[rows]] = float("inf")
+    return masked
+
+
+def top_percent_neighbours(batch: Batch, gallery_size: int) -> torch.Tensor:
+    """[k, n] the int(1% of NX) nearest non-self gallery items of each image (at least one)."""
+    n = min(max(1, int(0.01 * gallery_size)), gallery_size - 1)
+    return mask_self(batch.distances, batch.self_index).topk(n, dim=1, largest=False).indices
+
+
+def top1_hit(distances: torch.Tensor, batch: Batch, gallery_labels: torch.Tensor) -> torch.Tensor:
+    """100 where the nearest non-self gallery item has the image's label, else 0 (R@1 per image)."""
+    nearest = mask_self(distances, batch.self_index).argmin(dim=1)
+    return 100.0 * (gallery_labels[nearest] == batch.labels).float()
+
+
+class Attack:
+    """One ranking attack against a fixed gallery; call it on a batch of images."""
+
+    name: ClassVar[str]
+    reports: ClassVar[tuple[str, ...]]
+    """The measured values, in table units; the first is the one the attack is judged by."""
+    attacker_goal: ClassVar[int]
+    """+1 when the attacker raises reports[0] (e.g. CA-), -1 when it lowers it (e.g. CA+)."""
+    needs_labels: ClassVar[bool] = False
+    """LTM and GTM need query and gallery labels; ES needs them only for ES:R."""
+
+    def __init__(
+        self,
+        gallery: torch.Tensor,
+        gallery_labels: torch.Tensor | None = None,
+        cfg: PGDConfig | None = None,
+        generator: torch.Generator | None = None,
+        reference_quirks: bool = False,
+    ) -> None:
+        if cfg is None:
+            raise UserError(f"{self.name}: a PGD configuration is required")
+        if gallery.dim() != 2 or gallery.shape[0] < 2:
+            raise UserError(f"{self.name}: the gallery must hold at least two embeddings as an [NX, D] tensor")
+        self.gallery = gallery.detach().float()
+        self.gallery_labels = None if gallery_labels is None else gallery_labels.detach().long().view(-1)
+        self.cfg = cfg
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.reference_quirks = reference_quirks
+
+    # -- what each attack defines ------------------------------------------------------------------------------
+
+    def select(self, batch: Batch) -> Plan:
+        """Choose targets (drawn with self.generator) and precompute constants."""
+        return Plan()
+
+    def score(self, embeddings: torch.Tensor, batch: Batch, plan: Plan) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(J per image, differentiable; reported values per image, detached)."""
+        raise NotImplementedError
+
+    def adjust(self, values: dict[str, torch.Tensor], batch: Batch, plan: Plan, before_last_step: torch.Tensor):
+        """Hook for measurements the reference takes before the last PGD update (ES:D quirk)."""
+        return values
+
+    # -- the shared procedure ----------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        gallery_index_of_self: torch.Tensor | None = None,
+    ) -> AttackResult:
+        """Attack `images` (float [k, C, H, W] in [0, 1]) and report each value per image."""
+        batch = self._batch(model, images, labels, gallery_index_of_self)
+        plan = self.select(batch)
+        objective, trace = self._objective(batch, plan)
+        result = pgd(model, images, objective, self.cfg, generator=self.generator)
+        values = self._measure(model, result.x, batch, plan)
+        if trace["before_last"] is not None:
+            values = self.adjust(values, batch, plan, trace["before_last"])
+        return AttackResult(x=result.x, values=values, targets=plan.targets)
+
+    def measure_perturbed(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        perturbed: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        gallery_index_of_self: torch.Tensor | None = None,
+    ) -> AttackResult:
+        """The values this attack would report for a given perturbation (e.g. random noise), same targets."""
+        batch = self._batch(model, images, labels, gallery_index_of_self)
+        plan = self.select(batch)
+        return AttackResult(x=perturbed, values=self._measure(model, perturbed, batch, plan), targets=plan.targets)
+
+    def _batch(self, model, images, labels, gallery_index_of_self) -> Batch:
+        if self.needs_labels and (labels is None or self.gallery_labels is None):
+            raise UserError(f"{self.name} needs labels for the attacked images and the gallery")
+        with frozen(model) as net, torch.no_grad():
+            emb = normalize(net(images)).float()
+        distances = gallery_distances(emb, self.gallery)
+        if gallery_index_of_self is None:
+            self_index = distances.argmin(dim=1)
+        else:
+            self_index = gallery_index_of_self.to(torch.long).view(-1)
+        if labels is not None:
+            labels = labels.to(torch.long).view(-1)
+        return Batch(embeddings=emb, distances=distances, self_index=self_index, labels=labels)
+
+    def _objective(self, batch: Batch, plan: Plan) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
+        """The per-image loss handed to PGD.
+
+        With best-iterate selection (cfg.keep_best) the loss *value* is a selection key -- the reported value
+        first, J as tie-break -- while its *gradient* stays that of J, so PGD keeps the iterate that is strongest
+        by the reported number and more steps or restarts can only help. The trace keeps the embedding seen at
+        the start of the last step for the reference's ES:D timing.
+        """
+        trace: dict[str, torch.Tensor | None] = {"before_last": None, "last": None}
+        scale = float(self.gallery.shape[0])  # one rank position (100/NX percent) then outweighs any J in [0, 2.2]
+        record = self.reference_quirks and self.cfg.steps > 0
+
+        def objective(raw: torch.Tensor) -> torch.Tensor:
+            emb = normalize(raw)
+            if record:
+                trace["before_last"], trace["last"] = trace["last"], emb.detach()
+            loss, values = self.score(emb, batch, plan)
+            if not self.cfg.keep_best:
+                return loss
+            key = -self.attacker_goal * values[self.reports[0]].double() * scale + loss.detach().double()
+            return loss + (key - loss.detach()).detach()
+
+        return objective, trace
+
+    def _measure(self, model, x, batch: Batch, plan: Plan) -> dict[str, torch.Tensor]:
+        with frozen(model) as net, torch.no_grad():
+            emb = normalize(net(x)).float()
+            _, values = self.score(emb, batch, plan)
+        return values
+
+    def _draw(self, high: int, size: int) -> torch.Tensor:
+        """Uniform integers in [0, high) from the attack's generator (repeatable runs)."""
+        return torch.randint(high, (size,), generator=self.generator)

@@ -1,0 +1,36 @@
+"""Greedy Top-1 Misranking (GTM): pull a query towards the nearest item whose label differs from its top-1's.
+
+"Matching" is defined by the label of the query's current (benign, non-self) top-1 item, so the target needs
+gallery labels; the reported value, 100 x R@1 of the perturbed query (self removed), needs query labels.
+Reference quirk: the reference computes the target's position *within the list of non-matching items* and then
+indexes the full gallery with it, so it actually attacks towards gallery item k = that position.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from retrieval.attacks.base import Attack, Batch, Plan, gallery_distances, mask_self, top1_hit
+from retrieval.distances import pair_distance
+
+
+class GreedyTop1Misrank(Attack):
+    name = "GTM"
+    reports = ("GTM",)
+    attacker_goal = -1
+    needs_labels = True
+
+    def select(self, batch: Batch) -> Plan:
+        masked = mask_self(batch.distances, batch.self_index)
+        top1_label = self.gallery_labels[masked.argmin(dim=1)]
+        unmatching = self.gallery_labels[None, :] != top1_label[:, None]
+        nearest = masked.masked_fill(~unmatching, float("inf")).argmin(dim=1)
+        if self.reference_quirks:
+            nearest = unmatching.long().cumsum(dim=1).gather(1, nearest[:, None]).squeeze(1) - 1
+        return Plan(targets=nearest, data={"target": self.gallery[nearest]})
+
+    def score(self, embeddings, batch, plan):
+        loss = pair_distance(embeddings, plan.data["target"])
+        with torch.no_grad():
+            hit = top1_hit(gallery_distances(embeddings.detach(), self.gallery), batch, self.gallery_labels)
+        return loss, {self.name: hit}

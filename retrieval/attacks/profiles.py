@@ -1,0 +1,54 @@
+"""Attack budgets of the Empirical Robustness Score (spec section 7.1) as PGD configurations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from retrieval.errors import UserError
+from retrieval.pgd import PGDConfig
+
+
+@dataclass(frozen=True)
+class Profile:
+    eps: float
+    alpha: float
+    steps: int
+    batch_size: int
+    """Queries per batch in the reference (valbatchsize): results are means of per-batch means."""
+
+
+PROFILES: dict[str, Profile] = {
+    "rob28": Profile(eps=77 / 255, alpha=3 / 255, steps=32, batch_size=128),  # MNIST, Fashion-MNIST
+    "rob224": Profile(eps=8 / 255, alpha=3 / 255, steps=32, batch_size=112),  # CUB, CARS, SOP
+}
+
+
+def profile_for(input_size: int) -> str:
+    """The profile the paper uses for a model of this input size."""
+    return "rob28" if input_size <= 32 else "rob224"
+
+
+def attack_config(
+    profile: str,
+    *,
+    steps: int | None = None,
+    restarts: int = 0,
+    eps: float | None = None,
+    reference_quirks: bool = False,
+) -> PGDConfig:
+    """PGD settings for an evaluation.
+
+    By default every attack keeps, per item, its strongest iterate (and run, with restarts), so more steps or
+    restarts can never weaken it. The reference protocol (`reference_quirks`) returns the last iterate of a
+    single run, as the published numbers did.
+    """
+    if profile not in PROFILES:
+        raise UserError(f"unknown attack profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    if reference_quirks and restarts:
+        raise UserError("--reference-quirks follows the reference protocol, which has no restarts")
+    p = PROFILES[profile]
+    n = p.steps if steps is None else steps
+    budget = p.eps if eps is None else eps
+    if n < 0 or restarts < 0 or budget < 0:
+        raise UserError("steps, restarts and eps must be >= 0")
+    return PGDConfig(eps=budget, alpha=p.alpha, steps=n, restarts=restarts, keep_best=not reference_quirks)

@@ -1,0 +1,48 @@
+"""Empirical Robustness Score (spec section 8): ten attack values mapped to 0-100 scores, then averaged.
+
+Inputs are in table units: percent for ranks and recalls, raw for TMA (a cosine) and ES:D (a distance in [0, 2]).
+Nothing is clipped, as in the reference: CA+/QA+ above 50 score above 100, and ES:D only makes sense for
+normalised embeddings (metric N).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+from retrieval.errors import UserError
+
+_NORMALISE: dict[str, Callable[[float], float]] = {
+    "CA+": lambda v: 2.0 * v,  # ideal 50 (a random rank) -> 100
+    "CA-": lambda v: 100.0 - v,
+    "QA+": lambda v: 2.0 * v,
+    "QA-": lambda v: 100.0 - v,
+    "TMA": lambda v: 100.0 * (1.0 - v),
+    "ES:D": lambda v: 100.0 * (2.0 - v) / 2.0,
+    "ES:R": lambda v: v,
+    "LTM": lambda v: v,
+    "GTM": lambda v: v,
+    "GTT": lambda v: v,
+}
+
+ATTACK_KEYS: tuple[str, ...] = tuple(_NORMALISE)
+"""The ten measured values in the spec's column order."""
+
+HIGHER_IS_MORE_ROBUST: dict[str, bool] = {
+    "CA+": True, "CA-": False, "QA+": True, "QA-": False, "TMA": False,
+    "ES:D": False, "ES:R": True, "LTM": True, "GTM": True, "GTT": True,
+}
+"""Which direction of each raw value means a more robust model (the arrows of the spec's tables)."""
+
+
+def ers_normalize(values: Mapping[str, float]) -> dict[str, float]:
+    """Each raw attack value -> its normalised score s_k (higher = more robust)."""
+    missing = [k for k in ATTACK_KEYS if k not in values]
+    if missing:
+        raise UserError(f"ERS needs all ten attack values; missing: {', '.join(missing)}")
+    return {k: f(float(values[k])) for k, f in _NORMALISE.items()}
+
+
+def ers(values: Mapping[str, float]) -> float:
+    """The mean of the ten normalised scores (the paper prints it with one decimal)."""
+    scores = ers_normalize(values)
+    return sum(scores.values()) / len(scores)

@@ -1,0 +1,135 @@
+"""Turn a dataset split or a folder of images into gallery vectors + metadata, skipping (or refusing) bad images.
+
+Image files are read once: the same bytes are hashed (metadata `sha256`) and decoded by retrieval.images, so the
+hash always describes exactly what was embedded. In-memory datasets (the MNISTs) hash their uint8 pixel bytes.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from retrieval.datasets import ImageDataset
+from retrieval.embedder import OnnxEmbedder
+from retrieval.errors import UserError
+from retrieval.images import ImageError, decode_image, is_image_file, sha256_bytes
+from retrieval.index import metadata_table
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class Skipped:
+    source: str
+    reason: str
+
+
+@dataclass
+class GalleryItems:
+    """Embedded items ready for GalleryIndex.build/append, plus what was left out and why."""
+
+    vectors: np.ndarray
+    metadata: pa.Table
+    skipped: list[Skipped] = field(default_factory=list)
+    already_indexed: int = 0
+
+
+def image_files(directory: str | Path) -> list[Path]:
+    """Every image file below `directory` (recursive, by suffix, hidden files excluded), in a stable order."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"--images {directory} is not a directory")
+    return sorted(p for p in directory.rglob("*") if is_image_file(p))
+
+
+def embed_dataset(
+    dataset: ImageDataset,
+    embedder: OnnxEmbedder,
+    *,
+    strict: bool = False,
+    known_sha256: frozenset[str] = frozenset(),
+    progress: Progress | None = None,
+) -> GalleryItems:
+    """Embed a whole split; labels come from the dataset, sources from dataset.source(i)."""
+    images = dataset.tensors()
+    labels = dataset.labels.tolist()
+    if images is None:  # file-backed: go through the same checked path as --images
+        sources = [dataset.source(i) for i in range(len(dataset))]
+        return embed_files(sources, embedder, labels=labels, strict=strict, known_sha256=known_sha256, progress=progress)
+    pixels = images.mul(255).round_().to(torch.uint8)
+    hashes = [sha256_bytes(p.numpy().tobytes()) for p in pixels]
+    keep = [i for i, h in enumerate(hashes) if h not in known_sha256]
+    if progress and len(keep) < len(dataset):
+        progress(len(dataset) - len(keep))
+    step = embedder.batch_size
+    vectors = _embed_batches(embedder, (images[keep[s : s + step]] for s in range(0, len(keep), step)), progress)
+    metadata = metadata_table([dataset.source(i) for i in keep], [hashes[i] for i in keep], [labels[i] for i in keep])
+    return GalleryItems(vectors, metadata, already_indexed=len(dataset) - len(keep))
+
+
+def embed_files(
+    paths: Sequence[str | Path],
+    embedder: OnnxEmbedder,
+    *,
+    labels: Sequence[int] | None = None,
+    strict: bool = False,
+    known_sha256: frozenset[str] = frozenset(),
+    progress: Progress | None = None,
+    workers: int = 4,
+) -> GalleryItems:
+    """Read, hash and decode files in parallel batches; unreadable ones are skipped with the reason (or fatal if strict)."""
+    channels, size = embedder.input_shape[0], embedder.input_shape[1]
+    skipped: list[Skipped] = []
+    already_indexed = 0
+    kept_sources, kept_hashes, kept_labels = [], [], []
+    chunks = [np.empty((0, embedder.dim), np.float32)]
+
+    def load(path: str | Path) -> tuple[str, torch.Tensor | None, str]:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            return "", None, f"cannot read file ({exc.strerror or type(exc).__name__})"
+        digest = sha256_bytes(data)
+        if digest in known_sha256:
+            return digest, None, ""
+        try:
+            return digest, decode_image(data, size=size, channels=channels), ""
+        except ImageError as exc:
+            return digest, None, str(exc).removeprefix("image: ")
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, len(paths), embedder.batch_size):
+            batch, tensors = paths[start : start + embedder.batch_size], []
+            for offset, (path, (digest, tensor, reason)) in enumerate(zip(batch, pool.map(load, batch))):
+                if reason and strict:
+                    raise UserError(f"{path}: {reason} (drop --strict to skip unreadable images)")
+                if reason:
+                    skipped.append(Skipped(str(path), reason))
+                elif tensor is None:
+                    already_indexed += 1
+                else:
+                    tensors.append(tensor)
+                    kept_sources.append(str(path))
+                    kept_hashes.append(digest)
+                    kept_labels.append(None if labels is None else labels[start + offset])
+            if tensors:
+                chunks.append(embedder.embed(torch.stack(tensors)))
+            if progress:
+                progress(len(batch))
+    metadata = metadata_table(kept_sources, kept_hashes, kept_labels)
+    return GalleryItems(np.concatenate(chunks), metadata, skipped, already_indexed)
+
+
+def _embed_batches(embedder: OnnxEmbedder, batches: Iterator[torch.Tensor], progress: Progress | None) -> np.ndarray:
+    chunks = [np.empty((0, embedder.dim), np.float32)]
+    for batch in batches:
+        chunks.append(embedder.embed(batch))
+        if progress:
+            progress(len(batch))
+    return np.concatenate(chunks)

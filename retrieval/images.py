@@ -1,0 +1,199 @@
+"""The one image decoder: training folders, indexing and serving all turn bytes into tensors here.
+
+Keeping a single decoder means a gallery image and an uploaded query go through identical pixels -> tensor steps,
+and every untrusted input meets the same checks: a format allowlist, a byte limit, and a pixel limit read from the
+header before any pixel is decoded (decompression bombs fail in microseconds, not after allocating gigabytes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import struct
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision import transforms
+
+from retrieval.errors import UserError
+
+ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"})
+DEFAULT_MAX_PIXELS = 40_000_000
+SMALL_INPUT = 64
+"""Inputs up to this side (the 28x28 MNIST models) are resized directly; larger ones get resize + centre crop."""
+
+_HIGH_DEPTH_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
+"""Full-scale value of each high-bit-depth mode; PIL's own convert('L') would clip these instead of scaling."""
+
+Source = bytes | str | os.PathLike
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, struct.error)
+"""What PIL raises on malformed input (its plugins are not consistent); all of it means a corrupt image."""
+
+
+class ImageError(UserError):
+    """An image that cannot be used; subclasses tell the service which HTTP status to answer."""
+
+
+class UnsupportedImageFormat(ImageError):
+    """A real image in a format outside ALLOWED_FORMATS (HTTP 415)."""
+
+
+class ImageTooLarge(ImageError):
+    """Too many bytes or too many pixels (HTTP 413)."""
+
+
+class CorruptImage(ImageError):
+    """Empty, truncated or not an image at all (HTTP 422)."""
+
+
+def decode_image(
+    source: Source,
+    *,
+    size: int,
+    channels: int,
+    max_bytes: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
+    """Decode, orient, convert and eval-transform one image into float32 [channels, size, size] in [0, 1]."""
+    return eval_transform(size)(open_image(source, channels=channels, max_bytes=max_bytes, max_pixels=max_pixels))
+
+
+def open_image(
+    source: Source,
+    *,
+    channels: int,
+    max_bytes: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """Checked, decoded, EXIF-oriented PIL image in mode 'L' (channels=1) or 'RGB' (channels=3).
+
+    Exposed so that training can apply its own augmentation (`train_transform`) to the same decoded pixels.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, not {channels}")
+    name, data = _read(source, max_bytes)
+    img = _open_checked(name, data, max_pixels)
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return _to_mode(img, "L" if channels == 1 else "RGB")
+    except _DECODE_ERRORS as exc:
+        raise CorruptImage(f"{name}: cannot decode image ({_one_line(exc)})") from None
+
+
+def eval_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """Spec 1.2 test transform: Resize(256,256) + CenterCrop(224) + ToTensor, scaled to `size`; small sides resize directly."""
+    if size <= 0:
+        raise ValueError(f"size must be positive, not {size}")
+    if size <= SMALL_INPUT:
+        return transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor()])
+    resized = round(size * 256 / 224)
+    return transforms.Compose(
+        [transforms.Resize((resized, resized)), transforms.CenterCrop(size), transforms.ToTensor()]
+    )
+
+
+def train_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """Spec 1.2 train transform: Resize(256,256) + RandomCrop(224) + RandomHorizontalFlip(0.5) + ToTensor."""
+    if size <= SMALL_INPUT:
+        return eval_transform(size)  # the 28x28 protocol uses no augmentation
+    resized = round(size * 256 / 224)
+    return transforms.Compose(
+        [
+            transforms.Resize((resized, resized)),
+            transforms.RandomCrop(size),
+            transforms.RandomHorizontalFlip(0.5),
+            transforms.ToTensor(),
+        ]
+    )
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether a directory entry looks like an image this decoder accepts (by suffix; hidden files never)."""
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _read(source: Source, max_bytes: int | None) -> tuple[str, bytes]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name, data = "image", bytes(source)
+    else:
+        name = str(source)
+        data = _read_file(Path(source), max_bytes)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageTooLarge(f"{name}: {len(data)} bytes is more than the limit of {max_bytes}")
+    if not data:
+        raise CorruptImage(f"{name}: empty file (0 bytes)")
+    return name, data
+
+
+def _read_file(path: Path, max_bytes: int | None) -> bytes:
+    """File bytes; the size is checked on the directory entry first so an oversized file is never read."""
+    try:
+        if max_bytes is not None and path.stat().st_size > max_bytes:
+            raise ImageTooLarge(f"{path}: file is larger than {max_bytes} bytes")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such image file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read image file ({exc.strerror or type(exc).__name__})") from None
+
+
+def _open_checked(name: str, data: bytes, max_pixels: int | None) -> Image.Image:
+    """Parse only the header (PIL opens lazily) and enforce the allowlist and pixel limit before decoding."""
+    try:
+        img = Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS))
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"{name}: image dimensions exceed the decompression-bomb limit") from None
+    except UnidentifiedImageError:
+        raise _unidentified(name, data) from None
+    except _DECODE_ERRORS as exc:
+        raise CorruptImage(f"{name}: cannot read image header ({_one_line(exc)})") from None
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise CorruptImage(f"{name}: image has no pixels ({width}x{height})")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLarge(f"{name}: {width}x{height} pixels is more than the limit of {max_pixels}")
+    return img
+
+
+def _unidentified(name: str, data: bytes) -> ImageError:
+    """Tell a real image in a disallowed format (415) from bytes that are no image at all (422).
+
+    The second open is header-only (lazy) and its result is never decoded.
+    """
+    try:
+        fmt = Image.open(io.BytesIO(data)).format
+    except Exception:  # any failure here just means "not an image"
+        fmt = None
+    if fmt:
+        allowed = ", ".join(sorted(ALLOWED_FORMATS))
+        return UnsupportedImageFormat(f"{name}: image format {fmt} is not supported (allowed: {allowed})")
+    return CorruptImage(f"{name}: not a recognisable image")
+
+
+def _to_mode(img: Image.Image, mode: str) -> Image.Image:
+    """Convert any PIL mode to 'L' or 'RGB': transparency is composited on white, 16-bit/float is rescaled."""
+    if img.mode in _HIGH_DEPTH_SCALE:
+        scaled = np.asarray(img, dtype=np.float64) * (255.0 / _HIGH_DEPTH_SCALE[img.mode])
+        img = Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img.alpha_composite(rgba)
+    if img.mode != mode:
+        img = img.convert(mode)
+    return img
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,0 +1,170 @@
+"""Run every ERS attack over a query sample of the test split (spec section 7.1) and summarise the result.
+
+Gallery = benign embeddings of the whole test split; queries = its first `max_queries` images in test order,
+attacked in batches. Each value is the mean of per-batch means, as in the reference. Target selection and PGD
+restarts draw from a generator seeded per (seed, attack, batch), so a run is repeatable and its batches do not
+depend on each other. `noise_baseline` also measures every value under uniform random noise of the same budget
+with the same targets, so "far beyond random noise" can be shown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import zlib
+from typing import Iterator
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+
+from retrieval.attacks import ATTACKS, Attack, attack_config
+from retrieval.attacks.profiles import PROFILES
+from retrieval.datasets import ImageDataset
+from retrieval.distances import normalize
+from retrieval.errors import UserError
+from retrieval.ers import ATTACK_KEYS, ers, ers_normalize
+from retrieval.metrics import benign_metrics, embed
+
+BENIGN_KEYS = ("R@1", "R@2", "mAP", "mAP@R", "mAP@10", "NMI")
+COLLAPSE_KEYS = ("TMA", "ES:D")
+"""Near 1 and near 0 respectively signal a collapsed embedding (a high ERS alone does not rule it out)."""
+
+
+def derived_seed(seed: int, *parts: object) -> int:
+    """A stable 31-bit seed for one (attack, batch) pair: independent of which other attacks or batches run."""
+    return zlib.crc32(":".join(map(str, (seed, *parts))).encode()) & 0x7FFFFFFF
+
+
+def evaluate_robustness(
+    model: nn.Module,
+    data: ImageDataset | torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    profile: str = "rob28",
+    max_queries: int | None = None,
+    steps: int | None = None,
+    restarts: int = 0,
+    seed: int = 0,
+    reference_quirks: bool = False,
+    batch_size: int | None = None,
+    progress: bool = True,
+    noise_baseline: bool = False,
+    eps: float | None = None,
+) -> dict:
+    """All ten attack values, their normalised scores, ERS, benign metrics, configuration and timings."""
+    labels = _labels(data, labels)
+    cfg = attack_config(profile, steps=steps, restarts=restarts, eps=eps, reference_quirks=reference_quirks)
+    batch_size = batch_size or PROFILES[profile].batch_size
+    if batch_size < 1 or (max_queries is not None and max_queries < 1):
+        raise UserError("batch size and --max-queries must be positive")
+    device = next(model.parameters()).device
+    started = time.perf_counter()
+
+    gallery = normalize(embed(model, data, batch_size=256)).to(device)
+    embed_s = time.perf_counter() - started
+    benign = {k: 100.0 * v for k, v in benign_metrics(gallery.cpu(), labels).items()}
+    benign_s = time.perf_counter() - started - embed_s
+
+    gallery_labels = labels.to(device)
+    attacks = {
+        name: cls(gallery, gallery_labels, cfg, torch.Generator(), reference_quirks) for name, cls in ATTACKS.items()
+    }
+    n = len(labels) if max_queries is None else min(max_queries, len(labels))
+    starts = range(0, n, batch_size)
+    sums = dict.fromkeys(ATTACK_KEYS, 0.0)
+    noise_sums = dict.fromkeys(ATTACK_KEYS, 0.0)
+    seconds = dict.fromkeys(ATTACKS, 0.0)
+    tasks = len(starts) * len(attacks) * (2 if noise_baseline else 1)
+    with _progress(progress, tasks) as advance:
+        for b, start in enumerate(starts):
+            index = torch.arange(start, min(start + batch_size, n))
+            images = _images(data, index).to(device)
+            batch_labels = labels[index].to(device)
+            noisy = _noise(images, cfg.eps, derived_seed(seed, "noise", b)) if noise_baseline else None
+            for name, attack in attacks.items():
+                tick = time.perf_counter()
+                attack.generator.manual_seed(derived_seed(seed, name, b))
+                _accumulate(sums, attack(model, images, batch_labels).values)
+                seconds[name] += time.perf_counter() - tick
+                advance(f"{name} batch {b + 1}/{len(starts)}")
+                if noisy is not None:
+                    attack.generator.manual_seed(derived_seed(seed, name, b))  # same targets as the attack
+                    _accumulate(noise_sums, attack.measure_perturbed(model, images, noisy, batch_labels).values)
+                    advance(f"{name} noise {b + 1}/{len(starts)}")
+
+    values = {k: v / len(starts) for k, v in sums.items()}
+    report = {
+        "profile": profile,
+        "config": {
+            "eps": cfg.eps, "alpha": cfg.alpha, "steps": cfg.steps, "restarts": cfg.restarts,
+            "best_iterate": cfg.keep_best, "reference_quirks": reference_quirks, "batch_size": batch_size,
+            "max_queries": max_queries, "queries": n, "gallery_size": len(labels), "seed": seed,
+            "torch_threads": torch.get_num_threads(),
+        },
+        "benign": {k: benign[k] for k in BENIGN_KEYS if k in benign},
+        "attacks": values,
+        "normalized": ers_normalize(values),
+        "ERS": ers(values),
+        "collapse": {k: values[k] for k in COLLAPSE_KEYS},
+        "timings": {
+            "embed_s": embed_s,
+            "benign_s": benign_s,
+            "attack_s": seconds,
+            "queries_per_second": {k: n / s if s > 0 else None for k, s in seconds.items()},
+            "total_s": time.perf_counter() - started,
+        },
+    }
+    if noise_baseline:
+        noise = {k: v / len(starts) for k, v in noise_sums.items()}
+        report["noise_baseline"] = {"attacks": noise, "normalized": ers_normalize(noise), "ERS": ers(noise)}
+    return report
+
+
+def _labels(data: ImageDataset | torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    if labels is None:
+        labels = getattr(data, "labels", None)
+    if labels is None:
+        raise UserError("robustness evaluation needs labels (LTM, GTM and ES:R are recall-based)")
+    if len(labels) != len(data) or len(labels) < 2:
+        raise UserError(f"need at least 2 images and one label per image, got {len(data)} images, {len(labels)} labels")
+    return labels.detach().long().cpu()
+
+
+def _images(data: ImageDataset | torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    if isinstance(data, torch.Tensor):
+        return data[index]
+    held = data.tensors()
+    if held is not None:
+        return held[index]
+    return torch.stack([data[int(i)][0] for i in index])
+
+
+def _noise(images: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
+    """Uniform noise in the same L-inf ball the attacks use, clipped to [0, 1]."""
+    generator = torch.Generator().manual_seed(seed)
+    u = torch.rand(images.shape, generator=generator).to(images.device, images.dtype)
+    return (images + (2 * u - 1) * eps).clamp(0, 1)
+
+
+def _accumulate(sums: dict[str, float], values: dict[str, torch.Tensor]) -> None:
+    for key, per_item in values.items():
+        sums[key] += float(per_item.float().mean())
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int) -> Iterator:
+    """A rich progress bar with ETA; `advance(text)` moves it one task."""
+    if not enabled:
+        yield lambda text: None
+        return
+    columns = (
+        TextColumn("[bold]{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task("attacks", total=total)
+        yield lambda text: bar.update(task, advance=1, description=text)
+
+
+__all__ = ["derived_seed", "evaluate_robustness"]

@@ -1,0 +1,108 @@
+"""The FastAPI application: settings -> app, background loading in `lifespan`, middleware, routes; and `run`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Callable
+
+import anyio
+import torch
+from fastapi import FastAPI
+from pydantic import ValidationError
+
+from retrieval.errors import UserError
+from serve.engine import Engine, load_engine
+from serve.errors import install_error_handlers
+from serve.log import configure_logging
+from serve.metrics import Metrics
+from serve.middleware.body_limit import BodyLimitMiddleware
+from serve.middleware.metrics import MetricsMiddleware
+from serve.middleware.request_id import RequestIdMiddleware
+from serve.routes import admin, health, probe, search
+from serve.settings import Settings
+from serve.state import ServiceState
+
+log = logging.getLogger("serve")
+Loader = Callable[[Settings], Engine]
+_MULTIPART_OVERHEAD = 64 * 1024
+_SMALL_BODY = 64 * 1024
+
+
+def default_loader(settings: Settings) -> Engine:
+    return load_engine(settings.index, settings.bundle, threads=1, with_torch=settings.enable_probe)
+
+
+def create_app(settings: Settings, *, loader: Loader = default_loader) -> FastAPI:
+    """An app that starts answering at once (/livez 200, /readyz 503) and becomes ready when `loader` succeeds."""
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = ServiceState(settings, metrics)
+        app.state.service = state
+        torch.set_num_threads(settings.cpu_threads)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_load, state, loader)
+            yield
+            tasks.cancel_scope.cancel()
+
+    app = FastAPI(title="robust-retrieval", version="0.1.0", lifespan=lifespan,
+                  description="Image retrieval over a FAISS gallery with live adversarial robustness probes.")
+    install_error_handlers(app)
+    for module in (search, probe, health, admin):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimitMiddleware, limit_for=lambda path: _body_limit(settings, path))
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestIdMiddleware)  # added last = outermost: every log line of a request has its id
+    return app
+
+
+async def _load(state: ServiceState, loader: Loader) -> None:
+    """Load off the event loop; a bad model or index leaves the service unready with one clear error line."""
+    try:
+        engine = await anyio.to_thread.run_sync(loader, state.settings, abandon_on_cancel=True)
+    except UserError as exc:
+        log.error("not ready: %s", exc)
+        return
+    except Exception:
+        log.exception("not ready: unexpected error while loading")
+        return
+    state.swap(engine)
+    log.info("ready: model %s (%s), index %s with %d items, %d cpu threads", engine.model_id,
+             engine.bundle.config.get("method") or engine.bundle.config["arch"], engine.index_id, engine.count,
+             state.settings.cpu_threads)
+
+
+def _body_limit(settings: Settings, path: str) -> int:
+    if path == "/search/batch":
+        return settings.max_batch_bytes
+    if path in ("/search", "/probe"):
+        return settings.max_upload_bytes + _MULTIPART_OVERHEAD
+    return _SMALL_BODY
+
+
+def create_app_from_env() -> FastAPI:
+    """uvicorn factory (one call per worker process): settings come from the RR_* environment."""
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)
+
+
+def run(**options: object) -> None:
+    """Validate the options, hand them to the workers as RR_* variables, and serve with uvicorn."""
+    import uvicorn
+
+    given = {name: value for name, value in options.items() if value is not None}
+    try:
+        settings = Settings(**given)
+    except ValidationError as exc:
+        raise UserError(f"invalid serve settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+    if not settings.index.is_dir():
+        raise UserError(f"index directory {settings.index} does not exist")
+    for name, value in given.items():
+        os.environ[f"RR_{name.upper()}"] = str(value)
+    configure_logging(settings.log_level)
+    uvicorn.run("serve.app:create_app_from_env", factory=True, host=settings.host, port=settings.port,
+                workers=settings.workers, log_config=None, access_log=False, lifespan="on")

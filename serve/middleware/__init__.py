@@ -1,0 +1,1 @@
+"""Pure ASGI middleware (no per-request task or body buffering): request id, metrics, body size limit."""

@@ -1,0 +1,140 @@
+"""A live per-query robustness report: attack the uploaded query against the served gallery and compare rankings.
+
+The attack runs on the torch model rebuilt from the bundle (gradients), while rankings before and after come from
+the served path (ONNX + FAISS), so the report describes what a client of /search would actually see.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from retrieval.attacks import get_attack
+from retrieval.attacks.base import NOT_IN_GALLERY
+from retrieval.attacks.profiles import PROFILES, profile_for
+from retrieval.pgd import PGDConfig
+from serve.engine import Engine
+from serve.errors import ServiceError
+from serve.schemas import FlipSearch, ProbeResponse
+
+PROBE_ATTACKS = ("GTT", "QA-", "QA+", "ES")
+"""Attacks a client may ask for; each one moves the query, so each can change its top-1."""
+GRID_STEP = 1 / 255
+"""The eps grid of the smallest-flip search: one grey level."""
+
+
+class ProbeTimeout(Exception):
+    """The request's time budget ran out inside a forward pass."""
+
+
+class _Deadline(nn.Module):
+    """Wraps the model so any attack, whatever its loop, stops at the deadline (checked before every forward)."""
+
+    def __init__(self, inner: nn.Module, deadline: float) -> None:
+        super().__init__()
+        self.inner, self.deadline = inner, deadline
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if time.monotonic() > self.deadline:
+            raise ProbeTimeout
+        return self.inner(x)
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    attack: str
+    eps: float
+    steps: int
+    top_k: int
+    return_image: bool
+    bisection_steps: int
+    time_limit_s: float
+
+
+def default_eps(engine: Engine) -> float:
+    """The budget the model was trained for, else the paper's evaluation budget for its input size."""
+    eps = engine.bundle.config.get("eps")
+    return float(eps) if eps else PROFILES[profile_for(engine.bundle.input_size)].eps
+
+
+def run_probe(engine: Engine, image: torch.Tensor, req: ProbeRequest) -> ProbeResponse:
+    """Clean ranking, attacked ranking, their comparison, and the smallest eps on the grid that flips the top-1."""
+    start = time.perf_counter()
+    model = _Deadline(engine.torch_model, time.monotonic() + req.time_limit_s)
+    clean_emb, _ = engine.embed(image)
+    (clean,), _ = engine.search(clean_emb, req.top_k)
+    try:
+        x_adv, value = _attack(engine, model, image, req.attack, req.eps, req.steps)
+    except ProbeTimeout:
+        raise ServiceError(503, "probe_time_limit", f"the attack did not finish within {req.time_limit_s} s; "
+                           "ask for fewer steps") from None
+    adv_emb, _ = engine.embed(x_adv)
+    (adversarial,), _ = engine.search(adv_emb, req.top_k)
+    changed = bool(clean and adversarial and clean[0].id != adversarial[0].id)
+    flip = _smallest_flip(engine, model, image, req, clean[0].id) if changed else FlipSearch(
+        min_flip_eps=None, grid_step=GRID_STEP, trials=0, steps_per_trial=req.bisection_steps, truncated=False)
+    overlap = len({h.id for h in clean} & {h.id for h in adversarial}) / max(1, len(clean))
+    return ProbeResponse(
+        attack=req.attack, eps=req.eps, steps=req.steps, top_k=req.top_k,
+        clean=clean, adversarial=adversarial, top1_changed=changed, overlap_at_k=overlap,
+        clean_top1_rank_after=_rank_of(engine, adv_emb, clean[0].id),
+        embedding_shift=float(np.linalg.norm(adv_emb[0] - clean_emb[0])),
+        attack_value=value, flip=flip,
+        adversarial_image_png=_png_base64(x_adv) if req.return_image else None,
+        model_id=engine.model_id, index_id=engine.index_id,
+        took_ms=(time.perf_counter() - start) * 1000,
+    )
+
+
+def _attack(engine: Engine, model: nn.Module, image: torch.Tensor, name: str, eps: float, steps: int):
+    """One attack from the engine's registry, its defaults (step size of the model's profile, best iterate kept)."""
+    profile = PROFILES[profile_for(engine.bundle.input_size)]
+    alpha = max(profile.alpha, 2.5 * eps / max(1, steps))  # few steps must still be able to reach the ball's edge
+    cfg = PGDConfig(eps=eps, alpha=alpha, steps=steps, keep_best=True)
+    attack = get_attack(name)(engine.gallery, cfg=cfg, generator=torch.Generator().manual_seed(0))
+    result = attack(model, image, gallery_index_of_self=torch.tensor([NOT_IN_GALLERY]))
+    return result.x, float(result.value[0])
+
+
+def _smallest_flip(engine: Engine, model: nn.Module, image: torch.Tensor, req: ProbeRequest, top1: int) -> FlipSearch:
+    """Bisection on the grid below eps (which flipped): each trial is a shorter attack, so the answer is an
+    upper bound that assumes flipping is monotone in eps. Stops early, marked truncated, at the deadline."""
+    lo, hi = 0, max(1, round(req.eps / GRID_STEP))
+    trials, truncated = 0, False
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            x_adv, _ = _attack(engine, model, image, req.attack, mid * GRID_STEP, req.bisection_steps)
+        except ProbeTimeout:
+            truncated = True
+            break
+        (hits,), _ = engine.search(engine.embed(x_adv)[0], 1)
+        trials += 1
+        if hits and hits[0].id != top1:
+            hi = mid
+        else:
+            lo = mid
+    smallest = min(req.eps, hi * GRID_STEP)
+    return FlipSearch(min_flip_eps=smallest, grid_step=GRID_STEP, trials=trials,
+                      steps_per_trial=req.bisection_steps, truncated=truncated)
+
+
+def _rank_of(engine: Engine, embedding: np.ndarray, item: int) -> int:
+    """1-based rank of a gallery item in the full ranking of `embedding` (ties count in its favour)."""
+    distances = torch.cdist(torch.from_numpy(embedding), engine.gallery)[0]
+    return int((distances < distances[item]).sum()) + 1
+
+
+def _png_base64(x: torch.Tensor) -> str:
+    pixels = (x[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    image = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

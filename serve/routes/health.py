@@ -1,0 +1,47 @@
+"""Liveness, readiness, service description and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from serve.probe import PROBE_ATTACKS
+from serve.routes import errors, service
+from serve.schemas import IndexInfo, InfoResponse, ModelInfo, Status
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/livez", response_model=Status)
+async def livez() -> Status:
+    """The process answers (says nothing about the model)."""
+    return Status(status="ok")
+
+
+@router.get("/readyz", response_model=Status, responses=errors(503))
+async def readyz(request: Request) -> Status:
+    """200 once the model and index are loaded, verified and warmed; 503 before (or if loading failed)."""
+    service(request).current()
+    return Status(status="ready")
+
+
+@router.get("/info", response_model=InfoResponse, responses=errors(503))
+async def info(request: Request) -> InfoResponse:
+    """What is being served: the model, its training method and budget, and the gallery."""
+    state = service(request)
+    engine = state.current()
+    config = engine.bundle.config
+    model = ModelInfo(
+        id=engine.model_id, arch=config["arch"], embedding_dim=engine.bundle.embedding_dim,
+        input_size=engine.bundle.input_size, channels=engine.bundle.channels, metric=config.get("metric", "N"),
+        method=config.get("method"), eps=config.get("eps"), recall_at_1=config.get("R@1"), ers=config.get("ERS"),
+    )
+    index = IndexInfo(id=engine.index_id, count=engine.count, dim=engine.bundle.embedding_dim,
+                      metric=config.get("metric", "N"))
+    return InfoResponse(model=model, index=index, probe_enabled=state.settings.enable_probe,
+                        attacks=list(PROBE_ATTACKS))
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(service(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

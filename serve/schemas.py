@@ -1,0 +1,112 @@
+"""Pydantic models of every response (and JSON request) so that /docs and /openapi.json describe the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable machine-readable reason, e.g. 'image_too_large'.")
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class SearchHit(BaseModel):
+    id: int = Field(description="Gallery item id in the index.")
+    rank: int = Field(description="1-based position in the ranking.")
+    score: float = Field(description="Distance between unit-norm embeddings (metric N, in [0, 2]); lower is closer.")
+    label: int | str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit]
+    model_id: str
+    index_id: str
+    took_ms: float
+
+
+class BatchItem(BaseModel):
+    results: list[SearchHit]
+
+
+class BatchSearchResponse(BaseModel):
+    items: list[BatchItem] = Field(description="One ranking per uploaded image, in upload order.")
+    model_id: str
+    index_id: str
+    took_ms: float
+
+
+class FlipSearch(BaseModel):
+    """Bisection over the eps grid for the smallest budget that changes the top-1."""
+
+    min_flip_eps: float | None = Field(description="Smallest grid eps that changed the top-1; None if even `eps` did not.")
+    grid_step: float = Field(description="Spacing of the eps grid (1/255).")
+    trials: int
+    steps_per_trial: int
+    truncated: bool = Field(description="The time limit stopped the bisection; min_flip_eps is an upper bound.")
+
+
+class ProbeResponse(BaseModel):
+    attack: str
+    eps: float
+    steps: int
+    top_k: int
+    clean: list[SearchHit]
+    adversarial: list[SearchHit]
+    top1_changed: bool
+    overlap_at_k: float = Field(description="|clean top-k ∩ adversarial top-k| / k.")
+    clean_top1_rank_after: int = Field(description="1-based rank of the clean top-1 item in the adversarial ranking.")
+    embedding_shift: float = Field(description="||e(x_adv) - e(x)||, in [0, 2].")
+    attack_value: float = Field(description="The attack's own reported value (see the attack engine).")
+    flip: FlipSearch
+    adversarial_image_png: str | None = Field(None, description="Base64 PNG of the adversarial image when asked for.")
+    model_id: str
+    index_id: str
+    took_ms: float
+
+
+class ModelInfo(BaseModel):
+    id: str
+    arch: str
+    embedding_dim: int
+    input_size: int
+    channels: int
+    metric: str
+    method: str | None = None
+    eps: float | None = None
+    recall_at_1: float | None = None
+    ers: float | None = None
+
+
+class IndexInfo(BaseModel):
+    id: str
+    count: int
+    dim: int
+    metric: str
+
+
+class InfoResponse(BaseModel):
+    model: ModelInfo
+    index: IndexInfo
+    probe_enabled: bool
+    attacks: list[str]
+
+
+class Status(BaseModel):
+    status: str
+
+
+class ReloadRequest(BaseModel):
+    path: str | None = Field(None, description="New index directory inside the configured index root; None = reload the current one.")
+
+
+class ReloadResponse(BaseModel):
+    previous_index_id: str
+    index_id: str
+    count: int

@@ -1,0 +1,169 @@
+"""Ranking attacks on a tiny embedding model over real Fashion-MNIST test images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from retrieval.attacks import ATTACKS, attack_config, get_attack
+from retrieval.attacks.base import NOT_IN_GALLERY, Batch, gallery_distances
+from retrieval.datasets import load_dataset
+from retrieval.distances import normalize
+from retrieval.errors import UserError
+from retrieval.pgd import PGDConfig
+
+GALLERY, QUERIES = 240, 64
+
+
+class TinyEmbedder(nn.Module):
+    """A small MLP with the model contract: [0, 1] images in, L2-normalised embeddings out."""
+
+    input_size, channels, embedding_dim, arch = 28, 1, 16, "tiny"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize(self.net(x))
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    ds = load_dataset("fashion-mnist", "test")
+    return ds.tensors()[:GALLERY], ds.labels[:GALLERY]
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyEmbedder()
+
+
+@pytest.fixture(scope="module")
+def gallery(model, data) -> torch.Tensor:
+    with torch.no_grad():
+        return model(data[0])
+
+
+def run(name, model, data, gallery, cfg, *, seed=0, quirks=False, labels=True):
+    images, labels_all = data
+    attack = get_attack(name)(gallery, labels_all, cfg, torch.Generator().manual_seed(seed), quirks)
+    return attack(model, images[:QUERIES], labels_all[:QUERIES] if labels else None)
+
+
+def benign_r1(gallery: torch.Tensor, labels: torch.Tensor) -> float:
+    order = gallery_distances(gallery[:QUERIES], gallery).argsort(dim=1)[:, 1]  # drop the query itself
+    return 100.0 * (labels[order] == labels[:QUERIES]).float().mean().item()
+
+
+def test_zero_budget_reports_benign_values(model, data, gallery) -> None:
+    cfg = attack_config("rob28", steps=3, eps=0.0)
+    values = {}
+    for name in ATTACKS:
+        result = run(name, model, data, gallery, cfg)
+        assert torch.equal(result.x, data[0][:QUERIES])
+        values |= {k: v.mean().item() for k, v in result.values.items()}
+    r1 = benign_r1(gallery, data[1])
+    assert 35 < values["CA+"] < 65 and 35 < values["QA+"] < 65  # a random item ranks in the middle
+    assert values["QA-"] <= 100 * 2 / GALLERY  # a top-1% neighbour (2 of 240) stays on top
+    assert values["CA-"] < 10  # ... and the candidate is near the top of its neighbour's ranking
+    assert values["ES:D"] == 0.0
+    assert values["ES:R"] == values["LTM"] == values["GTM"] == pytest.approx(r1)
+    assert values["GTT"] == 100.0
+
+
+def test_tma_reports_cosine_to_its_target(model, data, gallery) -> None:
+    result = run("TMA", model, data, gallery, attack_config("rob28", steps=2, eps=0.0))
+    expected = (gallery[:QUERIES] * gallery[result.targets]).sum(dim=1)
+    assert torch.allclose(result.value, expected, atol=1e-5)
+
+
+def test_attacks_move_values_the_attackers_way(model, data, gallery) -> None:
+    benign = attack_config("rob28", steps=4, eps=0.0)
+    attacked = attack_config("rob28", steps=4)
+    for name, cls in ATTACKS.items():
+        before = run(name, model, data, gallery, benign).value.mean()
+        after = run(name, model, data, gallery, attacked).value.mean()
+        assert cls.attacker_goal * (after - before) > 0, name
+
+
+def test_perturbation_stays_in_budget(model, data, gallery) -> None:
+    cfg = attack_config("rob28", steps=3, restarts=1)
+    x = run("QA-", model, data, gallery, cfg).x
+    assert (x - data[0][:QUERIES]).abs().max() <= cfg.eps + 1e-6
+    assert x.min() >= 0 and x.max() <= 1
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_more_steps_and_restarts_never_weaker(name, model, data, gallery) -> None:
+    """Per item, by the value each attack is judged on (steps >= 2: one step is FGSM with the full budget)."""
+    goal = ATTACKS[name].attacker_goal
+    runs = [
+        run(name, model, data, gallery, attack_config("rob28", steps=s, restarts=r), seed=7).value
+        for s, r in ((2, 0), (5, 0), (5, 2))
+    ]
+    for weaker, stronger in zip(runs, runs[1:]):
+        assert (goal * (stronger - weaker) >= -1e-6).all()
+
+
+def test_same_seed_same_targets_and_values(model, data, gallery) -> None:
+    cfg = attack_config("rob28", steps=2, restarts=1)
+    a, b = (run("CA-", model, data, gallery, cfg, seed=3) for _ in range(2))
+    assert torch.equal(a.targets, b.targets) and torch.equal(a.value, b.value)
+
+
+def test_probe_without_labels_or_self_entry(model, data, gallery) -> None:
+    images = data[0][:1]
+    cfg = attack_config("rob28", steps=2)
+    outside = torch.tensor([NOT_IN_GALLERY])
+    for name in ("CA+", "CA-", "QA+", "QA-", "TMA", "ES", "GTT"):
+        attack = get_attack(name)(gallery[1:], None, cfg, torch.Generator().manual_seed(0))
+        result = attack(model, images, gallery_index_of_self=outside)
+        assert result.x.shape == images.shape and all(v.shape == (1,) for v in result.values.values())
+    assert set(get_attack("ES")(gallery, None, cfg)(model, images).values) == {"ES:D"}
+    for name in ("LTM", "GTM"):
+        with pytest.raises(UserError, match="labels"):
+            get_attack(name)(gallery, None, cfg)(model, images)
+
+
+def test_gtm_reference_target_is_a_position_in_the_unmatching_list() -> None:
+    # gallery labels 0,0,1,0,1 ; the query is item 0, its non-self top-1 is item 1 (label 0)
+    gallery = normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.8, 0.2], [0.6, 0.4]]))
+    labels = torch.tensor([0, 0, 1, 0, 1])
+    batch = Batch(gallery[:1], gallery_distances(gallery[:1], gallery), torch.tensor([0]), labels[:1])
+    cfg = PGDConfig(eps=0.1, alpha=0.01, steps=1)
+    intended = get_attack("GTM")(gallery, labels, cfg).select(batch)
+    quirk = get_attack("GTM")(gallery, labels, cfg, reference_quirks=True).select(batch)
+    assert intended.targets.tolist() == [4]  # nearest item whose label differs from the top-1's
+    assert quirk.targets.tolist() == [1]  # item 4 is the 2nd of the unmatching items [2, 4] -> position 1
+
+
+def test_ltm_reference_keeps_the_self_entry_in_the_same_class_set() -> None:
+    gallery = normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]))
+    labels = torch.tensor([0, 0, 1])
+    batch = Batch(gallery[:1], gallery_distances(gallery[:1], gallery), torch.tensor([0]), labels[:1])
+    cfg = PGDConfig(eps=0.1, alpha=0.01, steps=1)
+    intended = get_attack("LTM")(gallery, labels, cfg).select(batch).data["same"]
+    quirk = get_attack("LTM")(gallery, labels, cfg, reference_quirks=True).select(batch).data["same"]
+    assert intended.tolist() == [[False, True, False]]
+    assert quirk.tolist() == [[True, True, False]]
+
+
+def test_es_reference_measures_the_shift_one_step_early(model, data, gallery) -> None:
+    quirk = run("ES", model, data, gallery, attack_config("rob28", steps=3, reference_quirks=True), quirks=True)
+    early = run("ES", model, data, gallery, PGDConfig(eps=77 / 255, alpha=3 / 255, steps=2))
+    final = run("ES", model, data, gallery, PGDConfig(eps=77 / 255, alpha=3 / 255, steps=3))
+    assert torch.allclose(quirk.values["ES:D"], early.values["ES:D"], atol=1e-6)
+    assert torch.equal(quirk.values["ES:R"], final.values["ES:R"])
+
+
+def test_unknown_attack_and_profile_are_user_errors() -> None:
+    assert get_attack("ES:R") is get_attack("ES")
+    with pytest.raises(UserError):
+        get_attack("XX")
+    with pytest.raises(UserError):
+        attack_config("rob999")
+    with pytest.raises(UserError):
+        attack_config("rob28", restarts=1, reference_quirks=True)

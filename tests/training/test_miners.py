@@ -1,0 +1,269 @@
+"""SPC-2 miners (spec 2.2): triplet invariants, each miner's rule checked by brute force, every fallback forced."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from retrieval.distances import distance_matrix
+from retrieval.errors import UserError
+from training.losses import hardness, triplet_loss
+from training.miners import LETTERS, MINERS, get_miner
+
+ALL = sorted(MINERS)
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def spc2_batch(pair_labels: list[int], dim: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random unit embeddings for pairs with the given labels, ordered [a0, p0, a1, p1, ...]."""
+    embeddings = F.normalize(torch.randn(2 * len(pair_labels), dim, generator=seeded(seed)), dim=1)
+    return embeddings, torch.tensor(pair_labels).repeat_interleave(2)
+
+
+def one_hot(indices: list[int], dim: int) -> torch.Tensor:
+    return F.one_hot(torch.tensor(indices), dim).float()
+
+
+@pytest.mark.parametrize("reference", [False, True])
+@pytest.mark.parametrize("name", ALL)
+def test_every_miner_returns_n_valid_triplets(name: str, reference: bool) -> None:
+    embeddings, labels = spc2_batch([0, 1, 2, 3, 0, 1, 2, 3, 4, 0, 2, 4])
+    a, p, n = get_miner(name, reference=reference, generator=seeded())(embeddings, labels)
+    assert all(t.dtype == torch.long and t.shape == (12,) for t in (a, p, n))
+    assert torch.equal(a, torch.arange(0, 24, 2))
+    assert torch.equal(labels[p], labels[a])
+    assert (labels[n] != labels[a]).all()
+    if not (name == "softhard" and reference):
+        assert (p != a).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_mining_is_reproducible_with_a_seeded_generator(name: str) -> None:
+    embeddings, labels = spc2_batch(list(range(8)) * 4)
+    first = get_miner(name, generator=seeded(3))(embeddings, labels)
+    second = get_miner(name, generator=seeded(3))(embeddings, labels)
+    assert all(torch.equal(x, y) for x, y in zip(first, second))
+
+
+@pytest.mark.parametrize("name", ["random", "semihard", "softhard", "distance"])
+def test_stochastic_miners_depend_on_the_seed(name: str) -> None:
+    embeddings, labels = spc2_batch(list(range(8)) * 8, dim=3)  # low dim: distance weights are not one-hot
+    _, p1, n1 = get_miner(name, generator=seeded(1))(embeddings, labels)
+    _, p2, n2 = get_miner(name, generator=seeded(2))(embeddings, labels)
+    assert not (torch.equal(p1, p2) and torch.equal(n1, n2))
+
+
+def test_miner_does_not_track_gradients_of_the_embeddings() -> None:
+    embeddings, labels = spc2_batch([0, 1, 0, 1])
+    embeddings.requires_grad_(True)
+    a, p, n = get_miner("softhard", generator=seeded())(embeddings, labels)
+    assert not any(t.requires_grad for t in (a, p, n))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_single_label_batch_falls_back_to_partner_and_uniform_negative_over_the_batch(name: str) -> None:
+    embeddings, labels = spc2_batch([7] * 40)
+    a, p, n = get_miner(name, generator=seeded())(embeddings, labels)
+    assert torch.equal(p, a + 1)
+    assert n.min() >= 0 and n.max() < 80
+    assert len(n.unique()) > 10  # spread over the batch, not stuck on one index
+
+
+def test_random_negatives_cover_every_other_label_image() -> None:
+    embeddings, labels = spc2_batch([0, 1, 2])
+    miner = get_miner("R", generator=seeded())
+    seen = torch.cat([miner(embeddings, labels)[2][:1] for _ in range(200)])
+    assert set(seen.tolist()) == {2, 3, 4, 5}
+
+
+def test_semihard_negatives_are_in_the_margin_band_when_one_exists() -> None:
+    embeddings, labels = spc2_batch([0, 1, 2, 3] * 10, dim=4, seed=1)
+    a, p, n = get_miner("semihard", margin=0.2, generator=seeded())(embeddings, labels)
+    dist = distance_matrix(embeddings)
+    different = labels[a][:, None] != labels[None, :]
+    d_ap = dist[a, p][:, None]
+    band = different & (dist[a] > d_ap) & (dist[a] < d_ap + 0.2)
+    assert band.any(dim=1).sum() > 10  # the check below is not vacuous
+    d_an = dist[a, n]
+    in_band = (d_an > dist[a, p]) & (d_an < dist[a, p] + 0.2)
+    assert torch.equal(in_band, band.any(dim=1))  # band when possible, fallback otherwise
+    assert (labels[n] != labels[a]).all()
+
+
+def test_semihard_margin_argument_widens_the_band() -> None:
+    embeddings, labels = spc2_batch([0, 1, 2, 3] * 10, dim=4, seed=1)
+    dist = distance_matrix(embeddings)
+    a, p, n = get_miner("M", margin=1.0, generator=seeded())(embeddings, labels)
+    assert (dist[a, n] < dist[a, p] + 1.0).all() and (dist[a, n] >= dist[a, p] + 0.2).any()
+
+
+def test_softhard_picks_hard_positives_and_hard_negatives() -> None:
+    embeddings, labels = spc2_batch([0, 1, 2] * 12, dim=4, seed=2)
+    a, p, n = get_miner("S", generator=seeded())(embeddings, labels)
+    dist = distance_matrix(embeddings)[a]
+    same = labels[a][:, None] == labels[None, :]
+    closest_negative = dist.masked_fill(same, 9).min(dim=1).values
+    farthest_positive = dist.masked_fill(~same, -1).max(dim=1).values
+    rows = torch.arange(len(a))
+    has_hard_positive = (same & (dist > closest_negative[:, None])).any(dim=1)
+    has_hard_negative = (~same & (dist < farthest_positive[:, None])).any(dim=1)
+    assert has_hard_positive.all() and has_hard_negative.all()  # rich batch: no fallback needed here
+    assert (dist[rows, p] > closest_negative).all()
+    assert (dist[rows, n] < farthest_positive).all()
+
+
+def lonely_pairs(count: int, dim: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every pair has its own label and a partner much closer than any other image: no hard positive exists."""
+    anchors = one_hot(list(range(count)), dim)
+    partners = F.normalize(anchors + 0.05 * one_hot([count] * count, dim), dim=1)
+    return torch.stack([anchors, partners], dim=1).reshape(2 * count, dim), torch.arange(count).repeat_interleave(2)
+
+
+def test_reference_softhard_may_use_the_anchor_as_its_own_positive() -> None:
+    embeddings, labels = lonely_pairs(20)
+    a, p, n = get_miner("S", reference=True, generator=seeded())(embeddings, labels)
+    assert set(p.tolist()) - set((a + 1).tolist()) == set((p[p == a]).tolist())
+    assert (p == a).any() and (p == a + 1).any()
+    assert (labels[n] != labels[a]).all()
+
+
+def test_intended_softhard_never_uses_the_anchor_as_positive() -> None:
+    embeddings, labels = lonely_pairs(20)
+    for seed in range(5):
+        a, p, n = get_miner("S", generator=seeded(seed))(embeddings, labels)
+        assert torch.equal(p, a + 1)
+        assert (labels[n] != labels[a]).all()
+
+
+def test_hardest_picks_the_closest_negative() -> None:
+    embeddings, labels = spc2_batch([0, 1, 2, 3, 4] * 6, dim=8)
+    a, p, n = get_miner("H")(embeddings, labels)
+    dist = distance_matrix(embeddings)[a]
+    expected = dist.masked_fill(labels[a][:, None] == labels[None, :], 9).argmin(dim=1)
+    assert torch.equal(n, expected)
+    assert torch.equal(p, a + 1)
+
+
+def test_hardest_skips_negatives_at_zero_distance() -> None:
+    dim = 8
+    # anchor e0 (label 0), partner e1; a label-1 pair sitting exactly on the anchor; a label-2 pair at e2
+    embeddings = one_hot([0, 1, 0, 0, 2, 2], dim)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    _, _, n = get_miner("H")(embeddings, labels)
+    assert n[0] in (4, 5)
+
+
+def test_distance_weighted_samples_with_inverse_sphere_density() -> None:
+    # k = 3 makes the weight 1/d exactly; many identical anchors give independent draws from one distribution.
+    def at_distance(d: float) -> torch.Tensor:  # a unit vector at distance d from the north pole (0, 0, 1)
+        z = 1 - d**2 / 2
+        return torch.tensor([0.0, (1 - z**2) ** 0.5, z])
+
+    u, near, far = at_distance(0.0), at_distance(0.5), at_distance(1.5)
+    anchors = 300
+    embeddings = torch.cat([u.repeat(2 * anchors, 1), near.repeat(2, 1), far.repeat(2, 1)])
+    labels = torch.tensor([0] * 2 * anchors + [1, 1, 2, 2])
+    torch.testing.assert_close(distance_matrix(embeddings)[0, -4:], torch.tensor([0.5, 0.5, 1.5, 1.5]))
+    _, _, n = get_miner("D", generator=seeded())(embeddings, labels)
+    near_share = (n[:anchors] < 2 * anchors + 2).float().mean().item()
+    assert abs(near_share - 0.75) < 0.08  # (1/0.5) / (1/0.5 + 1/1.5)
+    assert (n[:anchors] >= 2 * anchors).all()
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_distance_weighted_with_512_dims_behaves_like_hardest(reference: bool) -> None:
+    embeddings, labels = spc2_batch([0, 1, 2, 3, 4, 5, 6, 7] * 4, dim=512)
+    rows = torch.arange(0, 64, 2)
+    embeddings[rows + 1] = F.normalize(embeddings[rows] + 0.2 * embeddings[(rows + 3) % 64], dim=1)  # close partner
+    embeddings[(rows + 4) % 64] = F.normalize(embeddings[rows] + embeddings[(rows + 4) % 64], dim=1)
+    _, _, hardest = get_miner("H")(embeddings, labels)
+    _, _, weighted = get_miner("D", reference=reference, generator=seeded())(embeddings, labels)
+    assert (weighted == hardest).float().mean() > 0.9
+
+
+def test_distance_weighted_without_negatives_is_uniform_over_the_batch() -> None:
+    embeddings, labels = spc2_batch([0, 0, 0, 1] * 10)
+    labels[:] = 3
+    _, _, n = get_miner("D", generator=seeded())(embeddings, labels)
+    assert len(n.unique()) > 10
+
+
+def test_intended_miners_stay_valid_with_duplicate_embeddings() -> None:
+    embeddings = F.normalize(torch.randn(2, 32, generator=seeded()), dim=1)[torch.arange(48) % 2]
+    labels = torch.arange(24).repeat_interleave(2) % 5
+    for name in ALL:
+        a, p, n = get_miner(name, generator=seeded())(embeddings, labels)
+        assert (labels[n] != labels[a]).all(), name
+        assert (labels[p] == labels[a]).all() and (p != a).all(), name
+
+
+def test_get_miner_accepts_names_and_paper_letters() -> None:
+    assert set(LETTERS.values()) == set(MINERS)
+    for letter, name in LETTERS.items():
+        assert type(get_miner(letter)) is MINERS[name] is type(get_miner(name))
+    miner = get_miner("semihard", margin=1.0, reference=True)
+    assert (miner.margin, miner.reference) == (1.0, True)
+
+
+def test_get_miner_rejects_unknown_names_listing_valid_ones() -> None:
+    with pytest.raises(UserError, match="S/softhard"):
+        get_miner("lifted")
+
+
+def test_miner_rejects_an_odd_or_mismatched_batch() -> None:
+    embeddings, labels = spc2_batch([0, 1])
+    with pytest.raises(ValueError):
+        get_miner("R")(embeddings[:3], labels[:3])
+    with pytest.raises(ValueError):
+        get_miner("R")(embeddings, labels[:2])
+
+
+@pytest.mark.slow
+def test_mean_hardness_orders_the_miners_on_a_briefly_trained_c2f2() -> None:
+    """Spec 2.2 / 14: E[H] Random < Semihard < Softhard < Hardest, Distance close to Hardest."""
+    from retrieval.datasets import load_dataset
+    from training.models import build_model
+
+    data = load_dataset("fashion-mnist", "train")
+    images, labels = data.tensors()[:4000], data.labels[:4000]
+    by_class = [torch.nonzero(labels == c).flatten() for c in range(10)]
+    gen = seeded(0)
+
+    def batch(pairs: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+        anchors = torch.randint(len(labels), (pairs,), generator=gen)
+        partners = torch.stack([by_class[c][torch.randint(len(by_class[c]), (1,), generator=gen)][0]
+                                for c in labels[anchors].tolist()])
+        order = torch.stack([anchors, partners], dim=1).flatten()
+        return images[order], labels[order]
+
+    torch.manual_seed(0)
+    model = build_model("c2f2")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    random_miner = get_miner("R", generator=gen)
+    for _ in range(60):
+        x, y = batch(64)
+        emb = model(x)
+        a, p, n = random_miner(emb, y)
+        loss = triplet_loss(emb[a], emb[p], emb[n])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    model.eval()
+    miners = {name: get_miner(name, generator=gen) for name in ("random", "semihard", "softhard", "distance", "hardest")}
+    totals = dict.fromkeys(miners, 0.0)
+    with torch.no_grad():
+        for _ in range(10):
+            x, y = batch()
+            emb = model(x)
+            for name, miner in miners.items():
+                a, p, n = miner(emb, y)
+                totals[name] += hardness(emb[a], emb[p], emb[n]).mean().item() / 10
+    print("mean hardness:", {k: round(v, 4) for k, v in totals.items()})
+    assert totals["random"] < totals["semihard"] < totals["softhard"] < totals["hardest"]
+    assert totals["softhard"] < totals["distance"]
+    assert abs(totals["distance"] - totals["hardest"]) < abs(totals["softhard"] - totals["hardest"])

@@ -1,0 +1,57 @@
+"""ACT[X], Anti-Collapse Triplet (spec section 6.2): the adversary pulls positive and negative together.
+
+Anchors stay clean.
+
+PGD runs on the 2N copies [p; n] minimising mean_i d(p~_i, n~_i); the loss is the triplet loss of (clean anchor with
+gradient, p~, n~). ICS does not apply (no adversarial anchor).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from retrieval.distances import pair_distance
+from training.defenses.base import (
+    REFERENCE_MINER_MARGIN,
+    Defense,
+    Stats,
+    clean_embeddings,
+    mean,
+    moved_triplets,
+    train_forward,
+)
+from training.defenses.config import DefenseConfig
+from training.losses import hardness, triplet_loss
+from training.miners import get_miner
+
+
+def collapse(z: torch.Tensor) -> torch.Tensor:
+    """Embeddings of [p; n] -> per-pair distance d(p, n), which the adversary minimises."""
+    return pair_distance(*z.chunk(2))
+
+
+class AntiCollapse(Defense):
+    def __init__(self, cfg: DefenseConfig, *, generator: torch.Generator | None = None) -> None:
+        super().__init__(cfg, generator=generator)
+        margin = REFERENCE_MINER_MARGIN if cfg.reference else cfg.margin
+        self.miner = get_miner(cfg.source, margin=margin, reference=cfg.reference, generator=generator)
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, Stats]:
+        clean = clean_embeddings(model, images)
+        a, p, n = self.miner(clean, labels)
+        x0 = torch.cat([images[p], images[n]])
+        result = self.attack(model, x0, collapse)
+        z = train_forward(model, torch.cat([images[a], result.x]))
+        za, zp, zn = z.chunk(3)
+        loss = triplet_loss(za, zp, zn, self.cfg.margin)
+        stats = {
+            "loss": float(loss.detach()),
+            "adv_loss": float(loss.detach()),
+            "hardness_source": mean(hardness(clean[a], clean[p], clean[n])),
+            "hardness_adv": mean(hardness(za, zp, zn)),
+            "perturbed_fraction": mean(moved_triplets(result.x, x0, 2).float()),
+            "pgd_steps": float(result.steps),
+            "image_passes": float(result.steps * x0.shape[0] + z.shape[0]),
+        }
+        return loss, stats

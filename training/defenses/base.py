@@ -1,0 +1,86 @@
+"""The Defense interface and what every training strategy shares: PGD budget, clean mining forward, statistics.
+
+A defense turns one SPC-2 batch into the loss to back-propagate. Its attack runs through `retrieval.pgd.pgd` (eval
+mode, no parameter gradients); its training forward runs through the model as given, in train mode, so a DDP wrapper
+synchronises the gradients. Every defense makes exactly one training forward per iteration (DDP expects one).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from retrieval.pgd import PGDConfig, PGDResult, frozen, pgd, unwrap
+from training.defenses.config import DefenseConfig
+
+DEFAULT_STEPS = 32
+SMALL_INPUT = 64
+"""Inputs up to this size get the 28x28 budget of spec section 10 (77/255, 3/255); larger ones the 224x224 budget."""
+SMALL_BUDGET = (77 / 255, 3 / 255)
+LARGE_BUDGET = (8 / 255, 1 / 255)
+REFERENCE_MINER_MARGIN = 1.0
+"""The reference calls the miner with the Euclidean margin for ACT, EST and min-max (spec 12.7)."""
+
+Stats = dict[str, float]
+
+
+class Defense:
+    """One training method. Subclasses implement `__call__`; state (e.g. LGA's previous loss) goes in state_dict."""
+
+    def __init__(self, cfg: DefenseConfig, *, generator: torch.Generator | None = None) -> None:
+        from training.method import format_method  # late import: training.method imports this package's config
+
+        self.cfg = cfg
+        self.generator = generator
+        self.name = format_method(cfg)
+        self.eta = cfg.pgd_steps if cfg.pgd_steps is not None else DEFAULT_STEPS
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, Stats]:
+        raise NotImplementedError
+
+    def paper_cost(self) -> int:
+        """The paper's training cost eta + 1 (forward+backward passes per iteration, spec 10.1)."""
+        return self.eta + 1
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Stateless by default."""
+
+    def budget(self, model: nn.Module) -> tuple[float, float]:
+        """(eps, alpha): the configured values, or spec section 10's defaults for the model's input size."""
+        small = unwrap(model).input_size <= SMALL_INPUT
+        eps, alpha = SMALL_BUDGET if small else LARGE_BUDGET
+        return (
+            self.cfg.eps if self.cfg.eps is not None else eps,
+            self.cfg.alpha if self.cfg.alpha is not None else alpha,
+        )
+
+    def attack(self, model: nn.Module, x: torch.Tensor, objective, *, early_stop_tol: float | None = None) -> PGDResult:
+        """PGD without random start (spec 12.5) at this defense's budget, eta steps and precision."""
+        eps, alpha = self.budget(model)
+        cfg = PGDConfig(eps, alpha, self.eta, early_stop_tol=early_stop_tol, precision=self.cfg.precision)
+        return pgd(model, x, objective, cfg, generator=self.generator)
+
+
+def clean_embeddings(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Embeddings for mining: eval mode, no gradients of any kind (spec 4.2 step 1)."""
+    with frozen(model) as net, torch.no_grad():
+        return net(images)
+
+
+def train_forward(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The one forward with parameter gradients, through the (possibly DDP-wrapped) model in train mode."""
+    model.train()
+    return model(images)
+
+
+def moved_triplets(x_adv: torch.Tensor, x0: torch.Tensor, roles: int) -> torch.Tensor:
+    """Per triplet, whether any of its `roles` stacked image copies ([role0 x N; role1 x N; ...]) changed."""
+    moved = (x_adv != x0).flatten(1).any(dim=1)
+    return moved.view(roles, -1).any(dim=0)
+
+
+def mean(t: torch.Tensor) -> float:
+    return float(t.detach().float().mean()) if t.numel() else 0.0

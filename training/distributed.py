@@ -1,0 +1,66 @@
+"""Process context of a training run: single process, or one of WORLD_SIZE processes started by torchrun.
+
+Under torchrun each process draws, mines and attacks its own batch (spec section 10) and DistributedDataParallel
+averages the gradients; gloo on CPU, nccl on GPUs. Rank 0 writes every file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from retrieval.errors import UserError
+
+
+@dataclass(frozen=True)
+class Processes:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every process's `obj`, in rank order (on every process)."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def start(device: str) -> Processes:
+    """Resolve the device and, when WORLD_SIZE > 1, join the process group from torchrun's environment."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but torch sees no CUDA device")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        resolved = torch.device("cuda", local_rank)
+    else:
+        resolved = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://")
+    return Processes(rank=rank, world_size=world_size, device=resolved)
+
+
+def stop(processes: Processes) -> None:
+    if processes.distributed and dist.is_initialized():
+        dist.destroy_process_group()

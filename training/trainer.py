@@ -1,0 +1,270 @@
+"""The training loop: SPC-2 batches -> defense loss -> Adam step, with validation, logs, checkpoints and DDP.
+
+`train(cfg)` runs one configuration into its run directory (layout in docs/architecture.md) and returns the final
+metrics. Each iteration is `loss, stats = defense(model, images, labels)`, backward, `optimizer.step()`; the only
+host syncs are the floats the defense reports. Everything random is seeded from cfg.seed and checkpointed, so a run
+resumed from any checkpoint ends with the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset, Subset
+
+from retrieval.atomic import atomic_write_json
+from retrieval.datasets import ImageDataset, load_dataset
+from retrieval.errors import UserError
+from training import distributed
+from training.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from training.config import TrainConfig
+from training.data import SPC2Sampler, TrainBatches, balanced_subset
+from training.defenses import build_defense
+from training.models import build_model
+from training.plots import plot_curves
+from training.runlog import RunLog, StatsWindow, TrainProgress
+from training.seeding import derive_seed, generator
+from training.validation import validate
+
+HARDNESS_KEYS = ("hardness_adv", "hardness_source", "hardness")
+"""Stats shown as the progress bar's mean hardness, first present wins."""
+
+
+@dataclass
+class Position:
+    """Where the run stands; stored in every checkpoint."""
+
+    epoch: int = 0
+    batch: int = 0
+    """Batches of `epoch` already trained on."""
+    step: int = 0
+    train_seconds: float = 0.0
+    """Wall time spent in training iterations (validation and checkpoint writes excluded)."""
+    image_passes: float = 0.0
+    """Sum of the defense's per-iteration `image_passes` stat."""
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Run (or, with resume, continue) the training run in cfg.out; returns the metrics written to metrics.json."""
+    processes = distributed.start(cfg.device)
+    try:
+        return Trainer(cfg, processes, resume=resume, console=console or Console()).run()
+    finally:
+        distributed.stop(processes)
+
+
+class Trainer:
+    """One run in one process: build everything from the config (and checkpoint), then `run()`."""
+
+    def __init__(self, cfg: TrainConfig, processes: distributed.Processes, *, resume: bool, console: Console):
+        self.cfg = cfg
+        self.processes = processes
+        self.console = console
+        self.out = Path(cfg.out)
+        self.checkpoint_path = self.out / "checkpoint.pt"
+        if resume:
+            state = load_checkpoint(self.checkpoint_path)
+        elif self.checkpoint_path.exists():
+            raise UserError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        else:
+            state = None
+        _configure_determinism(cfg.deterministic)
+        device = processes.device
+
+        torch.manual_seed(derive_seed(cfg.seed, "model"))  # identical initial weights on every process
+        self.model = build_model(cfg.model, embedding_dim=cfg.embedding_dim, pretrained=cfg.pretrained)
+        shape = {"image_size": self.model.input_size, "channels": self.model.channels}
+        train_set = load_dataset(cfg.dataset, "train", root=cfg.data_root, **shape)
+        val_set = load_dataset(cfg.dataset, "test", root=cfg.data_root, **shape)
+        items = balanced_subset(train_set.labels, cfg.train_subset, cfg.seed) if cfg.train_subset else None
+        self.sampler = SPC2Sampler(
+            train_set.labels if items is None else train_set.labels[items], cfg.batch_pairs, cfg.seed, rank=processes.rank, world_size=processes.world_size
+        )
+        self.batches = TrainBatches(train_set, items, device, seed=cfg.seed, num_workers=cfg.num_workers)
+        self.val_data, self.val_labels = _validation_data(val_set, cfg.val_subset)
+
+        self.model.to(device)
+        torch.manual_seed(derive_seed(cfg.seed, "torch", processes.rank))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.net: nn.Module = self.model
+        if processes.distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        self.generator = generator(cfg.seed, "defense", processes.rank, device=device)
+        self.defense = build_defense(cfg.defense, generator=self.generator)
+
+        self.position = Position()
+        self.log = RunLog(self.out / "log.jsonl", enabled=processes.is_main)
+        self.validations: list[dict[str, Any]] = []
+        if state is not None:
+            self._restore(state)
+
+    # -- main loop -------------------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        cfg, pos = self.cfg, self.position
+        per_epoch = self.sampler.batches_per_epoch
+        limit = min(cfg.max_steps or math.inf, cfg.epochs * per_epoch)
+        if self.processes.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.out / "config.json", cfg.to_dict())
+        window = StatsWindow()
+        window_start = pos.train_seconds
+        progress = TrainProgress(int(limit), pos.step, console=self.console, enabled=self.processes.is_main)
+        self._clock = time.perf_counter()
+        with progress:
+            while pos.epoch < cfg.epochs and pos.step < limit:
+                plan = self.sampler.epoch(pos.epoch)
+                for images, labels in self.batches.iterate(pos.epoch, plan, start=pos.batch):
+                    loss, stats = self.defense(self.net, images, labels)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.optimizer.step()
+                    pos.step += 1
+                    pos.batch += 1
+                    pos.image_passes += stats.get("image_passes", 0.0)
+                    window.add(stats)
+                    if pos.step % cfg.log_every == 0 or pos.step == limit:
+                        seconds = self._tick() - window_start
+                        window_start = pos.train_seconds
+                        speed = window.count * images.shape[0] / max(seconds, 1e-9)
+                        means = window.means()
+                        self.log.write({"kind": "train", "step": pos.step, "epoch": pos.epoch, **means,
+                                        "images_per_s": speed})
+                        progress.update(pos.step, _progress_stats(means), speed)
+                    if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0 and pos.batch < len(plan):
+                        self._paused(self._save)
+                    if pos.step >= limit:
+                        break
+                epoch_done = pos.batch >= len(plan)
+                if epoch_done:
+                    pos.epoch += 1
+                    pos.batch = 0
+                finished = pos.epoch >= cfg.epochs or pos.step >= limit
+                if finished or (epoch_done and pos.epoch % cfg.val_every == 0):
+                    self._paused(self._validate)
+                self._paused(self._save)
+        if not self.validations or self.validations[-1]["step"] != pos.step:
+            self._paused(self._validate)
+        self._tick()
+        return self._finish()
+
+    # -- pieces ----------------------------------------------------------------------------------------------------
+
+    def _tick(self) -> float:
+        """Add the time since the last tick to train_seconds; returns the new total."""
+        now = time.perf_counter()
+        self.position.train_seconds += now - self._clock
+        self._clock = now
+        return self.position.train_seconds
+
+    def _paused(self, action) -> None:
+        """Run `action` outside the training clock."""
+        self._tick()
+        action()
+        self._clock = time.perf_counter()
+
+    def _validate(self) -> None:
+        pos = self.position
+        if self.processes.is_main:
+            metrics = validate(self.model, self.val_data, self.val_labels, batch_size=self.cfg.val_batch)
+            record = {"kind": "val", "step": pos.step, "epoch": pos.epoch, **metrics}
+            self.validations.append(record)
+            self.log.write(record)
+            summary = "  ".join(f"{k} {metrics[k]:.4f}" for k in ("R@1", "R@2", "mAP", "NMI") if k in metrics)
+            self.console.print(f"epoch {pos.epoch} step {pos.step}: {summary}")
+            if metrics["collapsed"]:
+                self.console.print(
+                    f"[yellow]warning: the embedding looks collapsed (mean cosine {metrics['mean_cosine']:.3f}, "
+                    f"R@1 {metrics['R@1']:.3f}); consider a weaker adversary or a lower learning rate"
+                )
+        self.processes.barrier()
+
+    def _save(self) -> None:
+        mine = {"rng": rng_state(self.generator), "defense": self.defense.state_dict()}
+        everyone = self.processes.gather(mine)
+        if self.processes.is_main:
+            save_checkpoint(
+                self.checkpoint_path,
+                {
+                    "config": self.cfg.to_dict(),
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "position": asdict(self.position),
+                    "processes": everyone,
+                    "validations": self.validations,
+                },
+            )
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        processes = state["processes"]
+        if len(processes) != self.processes.world_size:
+            raise UserError(
+                f"{self.checkpoint_path} was written by {len(processes)} process(es); "
+                f"resume it with the same number, not {self.processes.world_size}"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        mine = processes[self.processes.rank]
+        restore_rng(mine["rng"], self.generator)
+        self.defense.load_state_dict(mine["defense"])
+        self.position = Position(**state["position"])
+        self.validations = list(state.get("validations", []))
+        self.log.truncate_after(self.position.step)
+
+    def _finish(self) -> dict[str, Any]:
+        pos, cfg = self.position, self.cfg
+        epochs = pos.step / self.sampler.batches_per_epoch
+        final = self.validations[-1] if self.validations else {}
+        metrics: dict[str, Any] = {k: v for k, v in final.items() if k not in ("kind", "step", "epoch")}
+        metrics.update(
+            {
+                "collapsed": any(v["collapsed"] for v in self.validations),
+                "best_R@1": max((v["R@1"] for v in self.validations), default=float("nan")),
+                "method": self.defense.name,
+                "paper_cost": self.defense.paper_cost(),
+                "image_passes_per_iter": pos.image_passes / max(pos.step, 1),
+                "steps": pos.step,
+                "epochs": round(epochs, 4),
+                "train_seconds": pos.train_seconds,
+                "seconds_per_epoch": pos.train_seconds / epochs if epochs else float("nan"),
+                "seconds_per_step": pos.train_seconds / max(pos.step, 1),
+                "world_size": self.processes.world_size,
+                "dataset": cfg.dataset,
+                "model": cfg.model,
+            }
+        )
+        if self.processes.is_main:
+            atomic_write_json(self.out / "metrics.json", metrics)
+            plot_curves(self.log.records(), self.out / "curves.png")
+        return metrics
+
+
+def _progress_stats(means: dict[str, float]) -> dict[str, float]:
+    hardness = next((means[k] for k in HARDNESS_KEYS if k in means), None)
+    return {"loss": means.get("loss", float("nan")), "hardness": hardness if hardness is not None else float("nan")}
+
+
+def _validation_data(dataset: ImageDataset, n: int | None) -> tuple[torch.Tensor | Dataset, torch.Tensor]:
+    n = min(n or len(dataset), len(dataset))
+    tensors = dataset.tensors()
+    data = tensors[:n] if tensors is not None else Subset(dataset, range(n))
+    return data, dataset.labels[:n]
+
+
+def _configure_determinism(enabled: bool) -> None:
+    """Deterministic kernels where torch has them; ops without one only warn."""
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
