@@ -182,7 +182,8 @@ def main() -> None:
               f"bf16 {c['hardness_adv_bf16']:.4f} |diff| {c['abs_diff']:.4f}")
     atomic_write_json(args.out, {
         "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "threads": torch.get_num_threads(), "torch": torch.__version__},
+                    "threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "load_average_1min": os.getloadavg()[0]},
         "settings": {"pairs": args.pairs, "iters": args.iters, "warmup": args.warmup, "model": "c2f2",
                      "dataset": "fashion-mnist", "pgd_flops_per_image_step": flops},
         "rows": rows,

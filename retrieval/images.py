@@ -7,6 +7,7 @@ header before any pixel is decoded (decompression bombs fail in microseconds, no
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -87,8 +88,12 @@ def open_image(
         raise CorruptImage(f"{name}: cannot decode image ({_one_line(exc)})") from None
 
 
+@functools.lru_cache(maxsize=8)
 def eval_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
-    """Spec 1.2 test transform: Resize(256,256) + CenterCrop(224) + ToTensor, scaled to `size`; small sides resize directly."""
+    """Spec 1.2 test transform: Resize(256,256) + CenterCrop(224) + ToTensor, scaled to `size`.
+
+    Sides up to SMALL_INPUT (the 28x28 protocol) are resized directly, without a crop.
+    """
     if size <= 0:
         raise ValueError(f"size must be positive, not {size}")
     if size <= SMALL_INPUT:

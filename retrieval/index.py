@@ -45,6 +45,9 @@ HNSW_EF_CONSTRUCTION = 40
 REFINE_FACTOR = 32
 """ivf-pq re-ranks REFINE_FACTOR * k PQ candidates exactly (cheap next to scanning the probed lists)."""
 
+SERIAL_QUERIES = 16
+"""Query batches up to this size search on the calling thread only (see index_quality.serial)."""
+
 INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.parquet"
 INFO_FILE = "index_info.json"
@@ -158,7 +161,10 @@ class GalleryIndex:
         if k < 1:
             raise UserError(f"k must be at least 1, got {k}")
         vectors = _prepare(vectors, self.dim)
-        return self.index.search(vectors, k)
+        if len(vectors) > SERIAL_QUERIES:
+            return self.index.search(vectors, k)
+        with quality.serial():
+            return self.index.search(vectors, k)
 
     def rows(self, ids: Sequence[int]) -> list[dict[str, Any]]:
         """Metadata of the given FAISS ids (-1 paddings skipped), in order."""
@@ -235,8 +241,8 @@ class GalleryIndex:
             search_params=params,
             recall_at_10=round(recall, 4),
             recall_sample=len(query_ids),
-            latency=quality.latency_ms(self.index, queries[:200]),
-            threads=faiss.omp_get_max_threads(),
+            latency=quality.latency_ms(self.index, queries[: quality.LATENCY_QUERIES]),
+            latency_threads=1,
         )
 
     def _reconstruct(self) -> np.ndarray:

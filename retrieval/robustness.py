@@ -18,7 +18,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from retrieval.attacks import ATTACKS, Attack, attack_config
+from retrieval.attacks import ATTACKS, attack_config
 from retrieval.attacks.profiles import PROFILES
 from retrieval.datasets import ImageDataset
 from retrieval.distances import normalize

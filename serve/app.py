@@ -18,6 +18,7 @@ from serve.errors import install_error_handlers
 from serve.log import configure_logging
 from serve.metrics import Metrics
 from serve.middleware.body_limit import BodyLimitMiddleware
+from serve.middleware.catch_all import CatchAllMiddleware
 from serve.middleware.metrics import MetricsMiddleware
 from serve.middleware.request_id import RequestIdMiddleware
 from serve.routes import admin, health, probe, search
@@ -54,6 +55,7 @@ def create_app(settings: Settings, *, loader: Loader = default_loader) -> FastAP
     for module in (search, probe, health, admin):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, limit_for=lambda path: _body_limit(settings, path))
+    app.add_middleware(CatchAllMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)  # added last = outermost: every log line of a request has its id
     return app

@@ -19,11 +19,6 @@ from retrieval.generations import resolve_current
 from retrieval.index import INFO_FILE, GalleryIndex
 from serve.schemas import SearchHit
 
-@dataclass(frozen=True)
-class Timings:
-    embed_s: float = 0.0
-    search_s: float = 0.0
-
 
 @dataclass(frozen=True)
 class Engine:

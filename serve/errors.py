@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retrieval.images import CorruptImage, ImageError, ImageTooLarge, UnsupportedImageFormat
-
-log = logging.getLogger(__name__)
 
 _IMAGE_STATUS: dict[type[ImageError], tuple[int, str]] = {
     UnsupportedImageFormat: (415, "unsupported_image_format"),
@@ -68,8 +64,3 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error: %s", exc)
-        return error_response(500, "internal_error", "internal error; see the server log for the request id")

@@ -19,7 +19,7 @@ class Metrics:
         )
         self.latency = Histogram(
             "rr_http_request_duration_seconds", "HTTP request latency by route template, method and status.",
-            ("route", "method", "status"), buckets=_FAST + _SLOW[4:], registry=self.registry,
+            ("route", "method", "status"), buckets=_FAST + _SLOW[6:], registry=self.registry,
         )
         self.embed = Histogram("rr_embed_duration_seconds", "onnxruntime embedding of one request.",
                                buckets=_FAST, registry=self.registry)

@@ -98,7 +98,7 @@ def _attack(engine: Engine, model: nn.Module, image: torch.Tensor, name: str, ep
     profile = PROFILES[profile_for(engine.bundle.input_size)]
     alpha = max(profile.alpha, 2.5 * eps / max(1, steps))  # few steps must still be able to reach the ball's edge
     cfg = PGDConfig(eps=eps, alpha=alpha, steps=steps, keep_best=True)
-    attack = get_attack(name)(engine.gallery, cfg=cfg, generator=torch.Generator().manual_seed(0))
+    attack = get_attack(name)(engine.gallery, None, cfg, generator=torch.Generator().manual_seed(0))
     result = attack(model, image, gallery_index_of_self=torch.tensor([NOT_IN_GALLERY]))
     return result.x, float(result.value[0])
 

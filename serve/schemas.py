@@ -19,7 +19,7 @@ class ErrorResponse(BaseModel):
 class SearchHit(BaseModel):
     id: int = Field(description="Gallery item id in the index.")
     rank: int = Field(description="1-based position in the ranking.")
-    score: float = Field(description="Distance between unit-norm embeddings (metric N, in [0, 2]); lower is closer.")
+    score: float = Field(description="Cosine similarity of the unit-norm embeddings (higher is closer; distance = sqrt(2 - 2 score)).")
     label: int | str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 

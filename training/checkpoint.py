@@ -2,7 +2,7 @@
 
 A checkpoint holds only tensors and plain Python values (no pickled objects), so it loads with
 torch.load(weights_only=True): model and optimizer state dicts, the position (epoch, batch inside the epoch, step),
-and per process the random generator states (torch's global ones and the defense's miner generator) and the
+the validation records so far, and per process the random generator states (torch's global ones and the defense's miner generator) and the
 defense state (e.g. LGA's previous loss). Writes are atomic: a crash leaves the previous checkpoint intact.
 """
 
@@ -19,7 +19,7 @@ from retrieval.atomic import atomic_path
 from retrieval.errors import UserError
 
 FORMAT = 1
-KEYS = ("format", "config", "model", "optimizer", "position", "processes")
+KEYS = ("format", "config", "model", "optimizer", "position", "processes", "validations")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

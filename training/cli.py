@@ -13,6 +13,7 @@ from rich.console import Console
 
 from retrieval.errors import UserError
 from training.config import PRESETS, TrainConfig, build_config
+from training.export import export_command
 
 RESUMABLE = ("epochs", "max_steps", "device", "num_workers", "log_every", "val_every", "val_subset", "val_batch",
              "checkpoint_every")
@@ -121,3 +122,7 @@ def _use_all_cores() -> None:
 def register(app: typer.Typer) -> None:
     """Add this package's commands to the root app."""
     app.command()(train)
+    from training.evaluate import evaluate
+
+    app.command()(evaluate)
+    app.command("export")(export_command)

@@ -9,16 +9,20 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import onnx
 import torch
+import typer
+from rich.console import Console
 from safetensors.torch import load_file, save
 
 from retrieval.atomic import atomic_write_bytes, atomic_write_json
 from retrieval.bundle import BUNDLE_FILES, CONFIG_FILE, MODEL_FILE, WEIGHTS_FILE, Bundle, sha256_file, write_manifest
 from retrieval.errors import UserError
+from training.defenses import DefenseConfig, build_defense
 from training.models import build_model
 
 OPSET = 17
@@ -30,11 +34,12 @@ def export_bundle(run_dir_or_checkpoint: str | os.PathLike, out_dir: str | os.Pa
     checkpoint_path, run_dir = _resolve(Path(run_dir_or_checkpoint))
     checkpoint = _load_checkpoint(checkpoint_path)
     train_config = checkpoint["config"]
-    model = build_model(train_config["arch"], embedding_dim=int(train_config["embedding_dim"]), pretrained=False)
+    arch = _arch(train_config)
+    model = build_model(arch, embedding_dim=int(train_config["embedding_dim"]), pretrained=False)
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as exc:
-        raise UserError(f"checkpoint {checkpoint_path} does not fit arch {train_config['arch']!r}: {exc}") from None
+        raise UserError(f"checkpoint {checkpoint_path} does not fit arch {arch!r}: {exc}") from None
     model.eval()
 
     config = _bundle_config(model, train_config, run_dir)
@@ -48,6 +53,16 @@ def export_bundle(run_dir_or_checkpoint: str | os.PathLike, out_dir: str | os.Pa
     return Bundle.load(out_dir)
 
 
+def export_command(
+    run: Path = typer.Argument(..., help="Run directory (holding checkpoint.pt) or a checkpoint file."),
+    out: Path = typer.Option(..., "-o", "--out", help="Bundle directory to write."),
+) -> None:
+    """Export a trained run as a model bundle: model.onnx, weights.safetensors, config.json, manifest.json."""
+    bundle = export_bundle(run, out)
+    shown = ", ".join(f"{k} {v}" for k, v in bundle.config.items() if v is not None)
+    Console().print(f"bundle {bundle.path}: {shown}\nmodel sha256 {bundle.model_sha256}")
+
+
 def load_torch_model(bundle_dir: str | os.PathLike) -> torch.nn.Module:
     """Rebuild the eval-mode torch model of a verified bundle from config.json + weights.safetensors."""
     bundle = Bundle.load(bundle_dir)
@@ -55,7 +70,7 @@ def load_torch_model(bundle_dir: str | os.PathLike) -> torch.nn.Module:
     try:
         model.load_state_dict(load_file(bundle.weights_path))
     except RuntimeError as exc:
-        raise UserError(f"bundle weights {bundle.weights_path} do not fit arch {bundle.config['arch']!r}: {exc}") from None
+        raise UserError(f"{bundle.weights_path} does not fit arch {bundle.config['arch']!r}: {exc}") from None
     return model.eval()
 
 
@@ -78,28 +93,44 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
         raise UserError(f"cannot read checkpoint {path}: {exc}") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
         raise UserError(f"checkpoint {path} lacks 'model' or 'config'")
-    for key in ("arch", "embedding_dim"):
-        if key not in checkpoint["config"]:
-            raise UserError(f"checkpoint {path} config lacks '{key}'")
+    config = checkpoint["config"]
+    if not isinstance(config, dict) or "embedding_dim" not in config or not ({"arch", "model"} & set(config)):
+        raise UserError(f"checkpoint {path} config lacks the architecture or embedding_dim")
     return checkpoint
+
+
+def _arch(train_config: dict) -> str:
+    """TrainConfig stores the architecture as `model`; bare checkpoints may say `arch`."""
+    return str(train_config.get("arch") or train_config["model"])
 
 
 def _bundle_config(model: torch.nn.Module, train_config: dict, run_dir: Path | None) -> dict[str, Any]:
     """The bundle's config.json: model geometry plus the run's method, budget and headline numbers when known."""
-    run_config = _optional_json(run_dir, "config.json")
-    defense = train_config.get("defense") or run_config.get("defense") or {}
+    method, eps = _method_and_eps(model, train_config)
     return {
-        "arch": train_config["arch"],
+        "arch": _arch(train_config),
         "input_size": int(model.input_size),
         "channels": int(model.channels),
         "embedding_dim": int(model.embedding_dim),
         "metric": "N",
-        "method": train_config.get("method") or run_config.get("method"),
-        "eps": train_config.get("eps", run_config.get("eps", defense.get("eps") if isinstance(defense, dict) else None)),
+        "method": method,
+        "eps": eps,
         "R@1": _optional_json(run_dir, "metrics.json").get("R@1"),
         "ERS": _optional_json(run_dir, "robustness.json").get("ERS"),
         "opset": OPSET,
     }
+
+
+def _method_and_eps(model: torch.nn.Module, train_config: dict) -> tuple[str | None, float | None]:
+    """Paper notation and training L-inf budget, resolved by the defense itself (eps is None without adversary)."""
+    if not isinstance(train_config.get("defense"), dict):
+        return train_config.get("method"), train_config.get("eps")
+    try:
+        defense = build_defense(DefenseConfig(**train_config["defense"]))
+    except TypeError as exc:
+        raise UserError(f"checkpoint defense configuration is not understood: {exc}") from None
+    eps = None if defense.cfg.defense == "none" else defense.budget(model)[0]
+    return defense.name, eps
 
 
 def _optional_json(run_dir: Path | None, name: str) -> dict:
@@ -114,21 +145,24 @@ def _optional_json(run_dir: Path | None, name: str) -> dict:
 
 
 def _onnx_bytes(model: torch.nn.Module, config: dict[str, Any]) -> bytes:
-    """TorchScript-based export (fast, no dynamo) with a dynamic batch axis, then metadata and the checker."""
+    """TorchScript-based export with a dynamic batch axis (0.5 s for C2F2 against 6 s with dynamo), then metadata
+    and the full ONNX checker."""
     example = torch.rand(2, config["channels"], config["input_size"], config["input_size"])
     buffer = io.BytesIO()
-    torch.onnx.export(
-        model,
-        (example,),
-        buffer,
-        input_names=["pixel_values"],
-        output_names=["embedding"],
-        dynamic_axes={"pixel_values": {0: "batch"}, "embedding": {0: "batch"}},
-        opset_version=OPSET,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but 10x faster here than dynamo
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (example,),
+            buffer,
+            input_names=["pixel_values"],
+            output_names=["embedding"],
+            dynamic_axes={"pixel_values": {0: "batch"}, "embedding": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
     graph = onnx.load_model_from_string(buffer.getvalue())
-    props = {key: value if isinstance(value, str) else json.dumps(value) for key, value in config.items()}
+    props = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items() if v is not None}
     onnx.helper.set_model_props(graph, props)
     onnx.checker.check_model(graph, full_check=True)
     return graph.SerializeToString()

@@ -105,6 +105,8 @@ class Trainer:
         self.position = Position()
         self.log = RunLog(self.out / "log.jsonl", enabled=processes.is_main)
         self.validations: list[dict[str, Any]] = []
+        """Validation records (rank 0 only: the other processes wait while it validates)."""
+        self.validated_step: int | None = None
         if state is not None:
             self._restore(state)
 
@@ -153,7 +155,7 @@ class Trainer:
                 if finished or (epoch_done and pos.epoch % cfg.val_every == 0):
                     self._paused(self._validate)
                 self._paused(self._save)
-        if not self.validations or self.validations[-1]["step"] != pos.step:
+        if self.validated_step != pos.step:
             self._paused(self._validate)
         self._tick()
         return self._finish()
@@ -175,6 +177,7 @@ class Trainer:
 
     def _validate(self) -> None:
         pos = self.position
+        self.validated_step = pos.step
         if self.processes.is_main:
             metrics = validate(self.model, self.val_data, self.val_labels, batch_size=self.cfg.val_batch)
             record = {"kind": "val", "step": pos.step, "epoch": pos.epoch, **metrics}
@@ -218,7 +221,8 @@ class Trainer:
         restore_rng(mine["rng"], self.generator)
         self.defense.load_state_dict(mine["defense"])
         self.position = Position(**state["position"])
-        self.validations = list(state.get("validations", []))
+        self.validations = list(state["validations"])
+        self.validated_step = self.validations[-1]["step"] if self.validations else None
         self.log.truncate_after(self.position.step)
 
     def _finish(self) -> dict[str, Any]:

@@ -99,13 +99,12 @@ class Attack:
     def __init__(
         self,
         gallery: torch.Tensor,
-        gallery_labels: torch.Tensor | None = None,
-        cfg: PGDConfig | None = None,
+        gallery_labels: torch.Tensor | None,
+        cfg: PGDConfig,
         generator: torch.Generator | None = None,
         reference_quirks: bool = False,
     ) -> None:
-        if cfg is None:
-            raise UserError(f"{self.name}: a PGD configuration is required")
+        """`gallery`: L2-normalised embeddings [NX, D]; `generator` (CPU) draws targets and restart noise."""
         if gallery.dim() != 2 or gallery.shape[0] < 2:
             raise UserError(f"{self.name}: the gallery must hold at least two embeddings as an [NX, D] tensor")
         self.gallery = gallery.detach().float()
@@ -169,9 +168,9 @@ class Attack:
         if gallery_index_of_self is None:
             self_index = distances.argmin(dim=1)
         else:
-            self_index = gallery_index_of_self.to(torch.long).view(-1)
+            self_index = gallery_index_of_self.to(distances.device, torch.long).view(-1)
         if labels is not None:
-            labels = labels.to(torch.long).view(-1)
+            labels = labels.to(distances.device, torch.long).view(-1)
         return Batch(embeddings=emb, distances=distances, self_index=self_index, labels=labels)
 
     def _objective(self, batch: Batch, plan: Plan) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
@@ -206,4 +205,4 @@ class Attack:
 
     def _draw(self, high: int, size: int) -> torch.Tensor:
         """Uniform integers in [0, high) from the attack's generator (repeatable runs)."""
-        return torch.randint(high, (size,), generator=self.generator)
+        return torch.randint(high, (size,), generator=self.generator).to(self.gallery.device)

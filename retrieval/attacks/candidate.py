@@ -57,4 +57,4 @@ class CAMinus(_CandidateAttack):
     def _queries(self, batch: Batch) -> torch.Tensor:
         neighbours = top_percent_neighbours(batch, self.gallery.shape[0])
         pick = self._draw(neighbours.shape[1], len(neighbours))
-        return neighbours[torch.arange(len(neighbours)), pick]
+        return neighbours.gather(1, pick[:, None]).squeeze(1)

@@ -53,4 +53,4 @@ class QAMinus(_QueryAttack):
     def _candidates(self, batch: Batch) -> torch.Tensor:
         neighbours = top_percent_neighbours(batch, self.gallery.shape[0])
         pick = self._draw(neighbours.shape[1], len(neighbours))
-        return neighbours[torch.arange(len(neighbours)), pick]
+        return neighbours.gather(1, pick[:, None]).squeeze(1)

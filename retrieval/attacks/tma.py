@@ -6,7 +6,6 @@ whose embeddings an attacker can place anywhere). Works without labels.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from retrieval.attacks.base import Attack, Batch, Plan

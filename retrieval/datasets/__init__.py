@@ -36,7 +36,7 @@ def load_dataset(
     image_size: int | None = None,
     channels: int | None = None,
 ) -> ImageDataset:
-    """Load one split. `image_size`/`channels` re-shape file-backed images (e.g. a folder for a 28x28 1-channel model)."""
+    """Load one split; `image_size`/`channels` re-shape file-backed images (e.g. for a 28x28 1-channel model)."""
     _check(name, split)
     if name in IDX_SOURCES:
         if (image_size or 28) != 28 or (channels or 1) != 1:

@@ -30,5 +30,5 @@ def load_cars(root: str | Path, split: str, *, image_size: int = 224, channels: 
         if (cls <= LAST_TRAIN_CLASS) == (split == "train"):
             paths.append(root / relative)
             labels.append(cls)
-    check_first_image(paths, annos_path)
+    check_first_image(paths, annos_path, split)
     return FileImageDataset(paths, labels, image_size=image_size, channels=channels)

@@ -28,5 +28,5 @@ def load_cub(root: str | Path, split: str, *, image_size: int = 224, channels: i
         if (cls <= LAST_TRAIN_CLASS) == (split == "train"):
             paths.append(base / "images" / relative)
             labels.append(cls)
-    check_first_image(paths, images_txt)
+    check_first_image(paths, images_txt, split)
     return FileImageDataset(paths, labels, image_size=image_size, channels=channels)

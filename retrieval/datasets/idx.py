@@ -8,10 +8,12 @@ the parser.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,8 +67,8 @@ def load_idx_dataset(name: str, split: str, root: str | os.PathLike | None = Non
         _download(source)
         found = _find(dirs, stems)
     if found is None:
-        where = root if root is not None else source.system_dir
-        raise UserError(f"{name} {split} split not found in {where}: {source.install_hint}")
+        where = root if root is not None else f"{source.system_dir} and the download failed"
+        raise UserError(f"{name} {split} split not found in {where}; {source.install_hint}")
     images_path, labels_path = found
     images = _read(images_path, tv_mnist.read_image_file)
     labels = _read(labels_path, tv_mnist.read_label_file)
@@ -114,10 +116,12 @@ def _uncompressed(path: Path) -> Path:
 
 
 def _download(source: IdxSource) -> None:
-    """Best effort: a failure (offline machine) just leaves the files missing and the caller reports how to fix it."""
-    root = cache_dir() / "torchvision"
+    """Best effort: a failure (offline machine) just leaves the files missing and the caller reports how to fix it.
+
+    torchvision fetches all four files in one go; its progress output goes to stderr so stdout stays clean.
+    """
     try:
-        for train in (True, False):
-            source.torchvision_class(str(root), train=train, download=True)
+        with contextlib.redirect_stdout(sys.stderr):
+            source.torchvision_class(str(cache_dir() / "torchvision"), download=True)
     except Exception:  # urllib, HTTP and checksum failures all mean "not available"
         return

@@ -17,5 +17,5 @@ def load_sop(root: str | Path, split: str, *, image_size: int = 224, channels: i
     rows = read_rows(listing, 4, header=True)
     paths = [root / path for _, _, _, path in rows]
     labels = [to_int(class_id, listing) for _, class_id, _, _ in rows]
-    check_first_image(paths, listing)
+    check_first_image(paths, listing, split)
     return FileImageDataset(paths, labels, image_size=image_size, channels=channels)

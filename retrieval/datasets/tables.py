@@ -39,7 +39,9 @@ def to_int(value: str, path: Path) -> int:
         raise UserError(f"{path}: {value!r} is not an integer id") from None
 
 
-def check_first_image(paths: list[Path], listed_in: Path) -> None:
+def check_first_image(paths: list[Path], listed_in: Path, split: str) -> None:
     """Cheap sanity check of the root (stat one file, not tens of thousands); missing files surface on access."""
-    if paths and not paths[0].is_file():
+    if not paths:
+        raise UserError(f"{listed_in}: lists no images of the {split} split")
+    if not paths[0].is_file():
         raise UserError(f"{paths[0]}: listed in {listed_in} but missing; is --data-root the dataset folder?")

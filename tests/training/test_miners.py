@@ -6,10 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from retrieval.datasets import load_dataset
 from retrieval.distances import distance_matrix
 from retrieval.errors import UserError
 from training.losses import hardness, triplet_loss
 from training.miners import LETTERS, MINERS, get_miner
+from training.models import build_model
 
 ALL = sorted(MINERS)
 
@@ -123,10 +125,15 @@ def lonely_pairs(count: int, dim: int = 64) -> tuple[torch.Tensor, torch.Tensor]
     return torch.stack([anchors, partners], dim=1).reshape(2 * count, dim), torch.arange(count).repeat_interleave(2)
 
 
+def duplicate_negative_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Anchor e0 with partner e1; a label-1 pair sitting exactly on the anchor (d = 0); a label-2 pair at e2, e3."""
+    return one_hot([0, 1, 0, 0, 2, 3], 8), torch.tensor([0, 0, 1, 1, 2, 2])
+
+
 def test_reference_softhard_may_use_the_anchor_as_its_own_positive() -> None:
     embeddings, labels = lonely_pairs(20)
     a, p, n = get_miner("S", reference=True, generator=seeded())(embeddings, labels)
-    assert set(p.tolist()) - set((a + 1).tolist()) == set((p[p == a]).tolist())
+    assert ((p == a) | (p == a + 1)).all()
     assert (p == a).any() and (p == a + 1).any()
     assert (labels[n] != labels[a]).all()
 
@@ -148,12 +155,10 @@ def test_hardest_picks_the_closest_negative() -> None:
     assert torch.equal(p, a + 1)
 
 
-def test_hardest_skips_negatives_at_zero_distance() -> None:
-    dim = 8
-    # anchor e0 (label 0), partner e1; a label-1 pair sitting exactly on the anchor; a label-2 pair at e2
-    embeddings = one_hot([0, 1, 0, 0, 2, 2], dim)
-    labels = torch.tensor([0, 0, 1, 1, 2, 2])
-    _, _, n = get_miner("H")(embeddings, labels)
+@pytest.mark.parametrize("reference", [False, True])
+def test_hardest_skips_negatives_at_zero_distance(reference: bool) -> None:
+    embeddings, labels = duplicate_negative_batch()
+    _, _, n = get_miner("H", reference=reference)(embeddings, labels)
     assert n[0] in (4, 5)
 
 
@@ -174,22 +179,17 @@ def test_distance_weighted_samples_with_inverse_sphere_density() -> None:
     assert (n[:anchors] >= 2 * anchors).all()
 
 
-@pytest.mark.parametrize("reference", [False, True])
-def test_distance_weighted_with_512_dims_behaves_like_hardest(reference: bool) -> None:
-    embeddings, labels = spc2_batch([0, 1, 2, 3, 4, 5, 6, 7] * 4, dim=512)
-    rows = torch.arange(0, 64, 2)
-    embeddings[rows + 1] = F.normalize(embeddings[rows] + 0.2 * embeddings[(rows + 3) % 64], dim=1)  # close partner
-    embeddings[(rows + 4) % 64] = F.normalize(embeddings[rows] + embeddings[(rows + 4) % 64], dim=1)
-    _, _, hardest = get_miner("H")(embeddings, labels)
-    _, _, weighted = get_miner("D", reference=reference, generator=seeded())(embeddings, labels)
-    assert (weighted == hardest).float().mean() > 0.9
+def test_intended_distance_weighted_prefers_a_duplicate_negative() -> None:
+    embeddings, labels = duplicate_negative_batch()
+    chosen = {get_miner("D", generator=seeded(s))(embeddings, labels)[2][0].item() for s in range(30)}
+    assert chosen == {2, 3}
 
 
-def test_distance_weighted_without_negatives_is_uniform_over_the_batch() -> None:
-    embeddings, labels = spc2_batch([0, 0, 0, 1] * 10)
-    labels[:] = 3
-    _, _, n = get_miner("D", generator=seeded())(embeddings, labels)
-    assert len(n.unique()) > 10
+def test_reference_distance_weighted_turns_a_duplicate_negative_into_the_uniform_fallback() -> None:
+    embeddings, labels = duplicate_negative_batch()
+    chosen = {get_miner("D", reference=True, generator=seeded(s))(embeddings, labels)[2][0].item() for s in range(30)}
+    assert chosen & {0, 1}  # same-label images: the whole batch is the candidate set
+    assert chosen & {4, 5}
 
 
 def test_intended_miners_stay_valid_with_duplicate_embeddings() -> None:
@@ -224,10 +224,11 @@ def test_miner_rejects_an_odd_or_mismatched_batch() -> None:
 
 @pytest.mark.slow
 def test_mean_hardness_orders_the_miners_on_a_briefly_trained_c2f2() -> None:
-    """Spec 2.2 / 14: E[H] Random < Semihard < Softhard < Hardest, Distance close to Hardest."""
-    from retrieval.datasets import load_dataset
-    from training.models import build_model
+    """Spec 2.2 / 14: E[H] Random < Semihard < Softhard < Hardest, Distance close to Hardest.
 
+    20 Adam steps (lr 1e-3, Random miner, 64-pair SPC-2 batches from 4000 Fashion-MNIST images) already separate
+    the miners clearly; hardness is then averaged over 8 batches of 128 pairs.
+    """
     data = load_dataset("fashion-mnist", "train")
     images, labels = data.tensors()[:4000], data.labels[:4000]
     by_class = [torch.nonzero(labels == c).flatten() for c in range(10)]
@@ -244,7 +245,7 @@ def test_mean_hardness_orders_the_miners_on_a_briefly_trained_c2f2() -> None:
     model = build_model("c2f2")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     random_miner = get_miner("R", generator=gen)
-    for _ in range(60):
+    for _ in range(20):
         x, y = batch(64)
         emb = model(x)
         a, p, n = random_miner(emb, y)
@@ -257,13 +258,23 @@ def test_mean_hardness_orders_the_miners_on_a_briefly_trained_c2f2() -> None:
     miners = {name: get_miner(name, generator=gen) for name in ("random", "semihard", "softhard", "distance", "hardest")}
     totals = dict.fromkeys(miners, 0.0)
     with torch.no_grad():
-        for _ in range(10):
+        for _ in range(8):
             x, y = batch()
             emb = model(x)
             for name, miner in miners.items():
                 a, p, n = miner(emb, y)
-                totals[name] += hardness(emb[a], emb[p], emb[n]).mean().item() / 10
+                totals[name] += hardness(emb[a], emb[p], emb[n]).mean().item() / 8
     print("mean hardness:", {k: round(v, 4) for k, v in totals.items()})
     assert totals["random"] < totals["semihard"] < totals["softhard"] < totals["hardest"]
     assert totals["softhard"] < totals["distance"]
     assert abs(totals["distance"] - totals["hardest"]) < abs(totals["softhard"] - totals["hardest"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ALL)
+def test_miners_run_on_cuda_embeddings_with_a_cpu_generator(name: str) -> None:
+    embeddings, labels = spc2_batch([0, 1, 2, 3] * 4)
+    cpu = get_miner(name, generator=seeded())(embeddings, labels)
+    cuda = get_miner(name, generator=seeded())(embeddings.cuda(), labels.cuda())
+    assert all(t.device.type == "cuda" for t in cuda)
+    assert torch.equal(cuda[0].cpu(), cpu[0])

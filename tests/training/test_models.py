@@ -92,7 +92,8 @@ def test_build_model_rejects_unknown_arch_listing_valid_ones() -> None:
     assert set(ARCHS) == {"c2f2", "resnet18"}
 
 
-@pytest.mark.parametrize("arch", ["c2f2", pytest.param("resnet18", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["c2f2", "resnet18"])
 def test_model_exports_to_onnx_with_matching_outputs(arch: str, tmp_path) -> None:
     onnxruntime = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)

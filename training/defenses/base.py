@@ -3,6 +3,15 @@
 A defense turns one SPC-2 batch into the loss to back-propagate. Its attack runs through `retrieval.pgd.pgd` (eval
 mode, no parameter gradients); its training forward runs through the model as given, in train mode, so a DDP wrapper
 synchronises the gradients. Every defense makes exactly one training forward per iteration (DDP expects one).
+
+Stats each call returns (keys that do not apply to a defense are absent):
+  loss, adv_loss, ics_loss              the total, the adversarial triplet loss, the unweighted ICS term
+  hardness_source / _destination / _adv mean H of the source triplets (clean), of H_D, of the perturbed triplets
+  perturbed_fraction                    triplets with at least one image moved by PGD
+  pgd_steps                             PGD steps taken (HM's early stop can end sooner)
+  lga_destination                       the LGA H_D used this iteration
+  image_passes                          images through forward+backward (PGD steps and the training pass); the
+                                        no-grad forwards (mining, PGD's final evaluation) are not counted
 """
 
 from __future__ import annotations

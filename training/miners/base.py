@@ -68,9 +68,11 @@ class Miner:
 
         Exponential race: argmax(w / E) with E ~ Exp(1) i.i.d. picks column j with probability w_j / sum(w).
         A boolean mask gives a uniform choice among its True entries. Rows must have a positive weight.
+        E is kept above 0 so a zero weight never becomes 0/0 = NaN (which argmax would pick).
         """
         device = self.generator.device if self.generator is not None else weights.device
         race = torch.empty(weights.shape, device=device).exponential_(generator=self.generator).to(weights.device)
+        race = race.clamp_min(torch.finfo(race.dtype).tiny)
         return (weights.to(race.dtype) / race).argmax(dim=1)
 
     @staticmethod

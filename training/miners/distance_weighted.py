@@ -19,13 +19,11 @@ class DistanceWeightedMiner(Miner):
 
         log w(d) = (2 - k) log d - ((k - 3) / 2) log(1 - d^2 / 4),   w = exp(log w - row max),
 
-    same-label entries (anchor included) weigh 0 and NaNs count as 0; a row with no positive weight is sampled
-    uniformly over the *whole* batch (may return a same-label image). No distance cut-off (unlike Wu et al.), so
-    with k = 512 this behaves almost like Hardest.
-
-    Reference mode takes the row max with same-label log weights set to 0 (as the reference does), so a row whose
-    negatives all have log w below about -100 underflows to the uniform fallback; the default takes the max over
-    negatives only and clamps d (MIN_DISTANCE, MIN_SPHERE_TERM), so the fallback happens only without negatives.
+    same-label entries (anchor included) weigh 0; no distance cut-off (unlike Wu et al.), so with k = 512 this
+    behaves almost like Hardest. A row without any positive weight is sampled uniformly over the *whole* batch (may
+    return a same-label image): no negatives, or - reference mode, unclamped - a NaN distance or a negative at
+    d = 0 / d = 2, whose infinite or NaN log weight turns the row to NaN (counted as 0), exactly as the reference.
+    The default clamps d (MIN_DISTANCE, MIN_SPHERE_TERM) so such negatives get the largest finite weight instead.
     """
 
     name = "distance"
@@ -41,7 +39,7 @@ class DistanceWeightedMiner(Miner):
             dist = dist.clamp_min(MIN_DISTANCE)
             sphere = sphere.clamp_min(MIN_SPHERE_TERM)
         log_weights = (2 - k) * dist.log() - (k - 3) / 2 * sphere.log()
-        log_weights = log_weights.masked_fill(same, 0.0 if self.reference else float("-inf"))
-        weights = (log_weights - log_weights.amax(dim=1, keepdim=True)).exp().masked_fill(same, 0.0).nan_to_num(0.0)
+        log_weights = log_weights.masked_fill(same, float("-inf"))
+        weights = (log_weights - log_weights.amax(dim=1, keepdim=True)).exp().nan_to_num(0.0)
         weights = torch.where((weights > 0).any(dim=1, keepdim=True), weights, torch.ones_like(weights))
         return self.partners(anchors), self.sample(weights)

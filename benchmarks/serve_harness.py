@@ -1,0 +1,101 @@
+"""Shared by the service benchmarks: tiny artifacts, a `robust-retrieval serve` subprocess, and an async client
+that records every request's latency and status."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+API_KEY = "bench-key"
+sys.path.insert(0, str(ROOT / "tests" / "serve"))
+from serve_artifacts import Artifacts, build_artifacts  # noqa: E402  (the tests' artifact builder)
+from serve_helpers import png  # noqa: E402
+
+
+def artifacts(workdir: Path) -> Artifacts:
+    return build_artifacts(workdir)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(art: Artifacts, *extra: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The real command line, probes on, until ready; stopped (SIGTERM) afterwards."""
+    port = free_port()
+    env = os.environ | {"RR_API_KEY": API_KEY, "RR_LOG_LEVEL": "warning"}
+    cmd = [sys.executable, "-c", "from serve.cli import main; main()", "serve", str(art.index), "--bundle",
+           str(art.bundle), "--port", str(port), "--enable-probe", *extra]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the server did not become ready")
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@dataclass
+class Record:
+    latencies: list[float] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        ms = sorted(x * 1000 for x in self.latencies)
+        return {
+            "requests": len(ms),
+            "p50_ms": round(statistics.median(ms), 3) if ms else None,
+            "p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 3) if ms else None,
+            "throughput_rps": round(len(ms) / self.seconds, 1) if self.seconds else None,
+            "server_errors": sum(s >= 500 for s in self.statuses),
+        }
+
+
+async def timed_post(client: httpx.AsyncClient, record: Record, path: str, **kwargs) -> None:
+    start = time.perf_counter()
+    response = await client.post(path, **kwargs)
+    record.latencies.append(time.perf_counter() - start)
+    record.statuses.append(response.status_code)
+
+
+async def closed_loop(url: str, concurrency: int, *, requests: int | None = None, seconds: float | None = None,
+                      make_request=None) -> Record:
+    """`concurrency` clients each sending the next request as soon as the last answered."""
+    record, start = Record(), time.perf_counter()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        counter = iter(range(requests if requests is not None else 10**12))
+
+        async def worker() -> None:
+            for i in counter:
+                if seconds is not None and time.perf_counter() - start > seconds:
+                    return
+                await make_request(client, record, i)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    record.seconds = time.perf_counter() - start
+    return record

@@ -1,0 +1,101 @@
+"""The `evaluate` command: every ERS attack against a trained run or checkpoint, written as robustness.json/.md."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import typer
+from torch import nn
+
+from retrieval.atomic import atomic_write_json, atomic_write_text
+from retrieval.attacks import PROFILES, profile_for
+from retrieval.datasets import load_dataset, parse_dataset_spec
+from retrieval.errors import UserError
+from retrieval.report import robustness_markdown
+from retrieval.robustness import evaluate_robustness
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def load_trained(path: Path) -> tuple[nn.Module, dict[str, Any], Path]:
+    """(model with the checkpoint's weights, its training config, the directory results go to)."""
+    from training.models import build_model  # late: keeps `--help` fast
+
+    checkpoint = path / CHECKPOINT_NAME if path.is_dir() else path
+    if not checkpoint.is_file():
+        raise UserError(f"no checkpoint at {checkpoint}; pass a run directory or a checkpoint file")
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise UserError(f"cannot read checkpoint {checkpoint} ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise UserError(f"{checkpoint} is not a robust-retrieval checkpoint (needs 'model' and 'config')")
+    config = state["config"]
+    arch = config.get("arch") or config.get("model")
+    model = build_model(arch, embedding_dim=int(config.get("embedding_dim", 512)), pretrained=False)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise UserError(f"{checkpoint} does not match a {arch} model ({str(exc).splitlines()[0]})") from None
+    return model, config, checkpoint.parent
+
+
+def evaluate(
+    run: Path = typer.Argument(..., help="Run directory (with checkpoint.pt) or a checkpoint file."),
+    profile: Optional[str] = typer.Option(None, help=f"Attack budget: {', '.join(PROFILES)} (default: by input size)."),
+    max_queries: Optional[int] = typer.Option(None, min=1, help="Attack only the first N test images (all by default)."),
+    steps: Optional[int] = typer.Option(None, min=0, help="PGD steps (default: the profile's 32)."),
+    restarts: int = typer.Option(0, min=0, help="Extra random-start PGD runs; each item keeps its strongest."),
+    seed: int = typer.Option(0, help="Seed of target selection and restarts (per attack and batch)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Queries per batch (128 at 28x28, 112 at 224x224)."),
+    reference_quirks: bool = typer.Option(False, "--reference-quirks",
+                                          help="Reference GTM target index, LTM self entry, ES:D timing, last iterate."),
+    noise_baseline: bool = typer.Option(False, "--noise-baseline",
+                                        help="Also measure uniform random noise of the same budget."),
+    dataset: Optional[str] = typer.Option(None, help="Evaluate on NAME:SPLIT instead of the run's test split."),
+    data_root: Optional[str] = typer.Option(None, help="Dataset folder (default: the run's)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: the run directory)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA."),
+) -> None:
+    """Attack a trained model with the ten ERS attacks and write robustness.json and robustness.md."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(os.cpu_count() or 1)
+    model, config, run_dir = load_trained(run)
+    name, split = parse_dataset_spec(dataset) if dataset else (config.get("dataset", "fashion-mnist"), "test")
+    data = load_dataset(name, split, root=data_root or config.get("data_root"),
+                        image_size=getattr(model, "input_size", None), channels=getattr(model, "channels", None))
+    target = _device(device)
+    report = evaluate_robustness(
+        model.to(target), data,
+        profile=profile or profile_for(getattr(model, "input_size", data.image_size)),
+        max_queries=max_queries, steps=steps, restarts=restarts, seed=seed, reference_quirks=reference_quirks,
+        batch_size=batch_size, progress=progress, noise_baseline=noise_baseline,
+    )
+    report = {"method": _method(run_dir) or config.get("method"), "run": str(run_dir), "dataset": f"{name}:{split}",
+              **report}
+    destination = out or run_dir
+    atomic_write_json(destination / "robustness.json", report)
+    atomic_write_text(destination / "robustness.md", robustness_markdown(report, run_dir.name))
+    typer.echo(robustness_markdown(report, run_dir.name))
+    typer.echo(f"wrote {destination / 'robustness.json'} and robustness.md")
+
+
+def _method(run_dir: Path) -> str | None:
+    """The paper-notation method from the run's metrics.json, when training wrote one."""
+    try:
+        return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")).get("method")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") or (name == "cuda" and not torch.cuda.is_available()):
+        raise UserError(f"device {name!r} is not available; use auto, cpu or cuda")
+    return torch.device(name)
