@@ -43,7 +43,6 @@ class Settings(BaseSettings):
     max_pixels: int = Field(4096 * 4096, ge=1)
     """Largest decoded image (width x height); checked from the header before decoding."""
     max_batch: int = Field(32, ge=1, le=256)
-    max_top_k: int = Field(100, ge=1)
 
     probe_concurrency: int = Field(1, ge=1)
     """Probes running at once; one more answers 429."""

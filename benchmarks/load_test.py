@@ -1,0 +1,80 @@
+"""Soak test: 32 concurrent clients on 127.0.0.1 for 60 s, /search with an occasional /probe.
+
+Pass criteria: zero 5xx, and the server's resident memory in the last 10 s within 10% of the first 10 s.
+Prints a summary and writes benchmarks/results/load_test.json. Usage: python benchmarks/load_test.py [--seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from serve_harness import API_KEY, ROOT, artifacts, closed_loop, png, served, timed_post
+
+from retrieval.atomic import atomic_write_json
+
+PROBE_EVERY = 50
+"""One request in this many is a /probe (8 steps) instead of a /search."""
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def sample_rss(pid: int, stop: threading.Event, samples: list[tuple[float, int]]) -> None:
+    start = time.perf_counter()
+    while not stop.wait(0.5):
+        samples.append((time.perf_counter() - start, rss_bytes(pid)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load_test.json")
+    args = parser.parse_args()
+    window = min(10.0, args.seconds / 3)
+    with tempfile.TemporaryDirectory() as tmp:
+        art = artifacts(Path(tmp))
+        images = [png(q) for q in art.queries[:64]]
+
+        async def request(client, record, i):
+            files = {"image": ("q.png", images[i % len(images)], "image/png")}
+            if i % PROBE_EVERY == PROBE_EVERY - 1:
+                await timed_post(client, record, "/probe", files=files, data={"steps": "8"},
+                                 headers={"X-API-Key": API_KEY})
+            else:
+                await timed_post(client, record, "/search", files=files)
+
+        with served(art) as (url, proc):
+            samples: list[tuple[float, int]] = []
+            stop = threading.Event()
+            sampler = threading.Thread(target=sample_rss, args=(proc.pid, stop, samples))
+            sampler.start()
+            record = asyncio.run(closed_loop(url, args.clients, seconds=args.seconds, make_request=request))
+            stop.set()
+            sampler.join()
+    first = statistics.mean(r for t, r in samples if t <= window)
+    last = statistics.mean(r for t, r in samples if t >= samples[-1][0] - window)
+    summary = record.summary() | {
+        "seconds": round(record.seconds, 1), "clients": args.clients,
+        "status_counts": {str(s): record.statuses.count(s) for s in sorted(set(record.statuses))},
+        "rss_first_mb": round(first / 2**20, 1), "rss_last_mb": round(last / 2**20, 1),
+        "rss_growth": round(last / first - 1, 4),
+    }
+    summary["pass"] = summary["server_errors"] == 0 and summary["rss_growth"] < 0.10
+    print(json.dumps(summary, indent=2))
+    atomic_write_json(args.out, summary)
+
+
+if __name__ == "__main__":
+    main()
