@@ -15,6 +15,8 @@ import numpy as np
 
 RECALL_K = 10
 RECALL_TARGET = 0.95
+TUNE_MARGIN = 0.02
+"""Tuning aims this far above the target: recall on held-out queries came out ~0.01 below the gallery sample's."""
 SAMPLE_SIZE = 500
 LATENCY_QUERIES = 100
 
@@ -43,7 +45,7 @@ def tune(
     queries: np.ndarray,
     query_ids: np.ndarray,
     truth: np.ndarray,
-    target: float = RECALL_TARGET,
+    target: float = RECALL_TARGET + TUNE_MARGIN,
 ) -> tuple[dict[str, float], float]:
     """Apply candidates (ordered cheapest first) until one reaches `target`; return it and its recall.
 

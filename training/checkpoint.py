@@ -2,8 +2,9 @@
 
 A checkpoint holds only tensors and plain Python values (no pickled objects), so it loads with
 torch.load(weights_only=True): model and optimizer state dicts, the position (epoch, batch inside the epoch, step),
-the validation records so far, and per process the random generator states (torch's global ones and the defense's miner generator) and the
-defense state (e.g. LGA's previous loss). Writes are atomic: a crash leaves the previous checkpoint intact.
+the validation records so far, and per process the random generator states (torch's global ones and the defense's
+miner generator) and the defense state (e.g. LGA's previous loss). Writes are atomic: a crash leaves the previous
+checkpoint intact.
 """
 
 from __future__ import annotations

@@ -51,7 +51,9 @@ def train(
     defense: Optional[str] = typer.Option(None, help="none, est, act, minmax or hm."),
     source: Optional[str] = typer.Option(None, "--source", "--miner",
                                          help="Miner (R/M/S/D/H or random, semihard, ...); HM's source miner."),
-    destination: Optional[str] = typer.Option(None, help="HM destination: miner, constant in [-2,2], lga, boost:<miner>."),
+    destination: Optional[str] = typer.Option(
+        None, help="HM destination: miner, constant in [-2,2], lga, boost:<miner>."
+    ),
     ics: Optional[float] = typer.Option(None, help="ICS weight lambda (0 = off)."),
     pgd_steps: Optional[int] = typer.Option(None, help="Training PGD steps eta (32)."),
     eps: Optional[float] = typer.Option(None, help="L-inf budget (77/255 at 28x28, 8/255 at 224x224)."),

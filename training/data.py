@@ -112,7 +112,9 @@ class TrainBatches:
             tensors = tensors[items]
         self._images = None if tensors is None else tensors.to(device)
 
-    def iterate(self, epoch: int, plan: list[torch.Tensor], start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def iterate(
+        self, epoch: int, plan: list[torch.Tensor], start: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches start, start+1, ... of the epoch's plan."""
         if self._images is not None:
             for idx in plan[start:]:

@@ -42,28 +42,31 @@ class RunLog:
         return out
 
     def truncate_after(self, step: int) -> None:
-        """Keep only the records up to `step` (used when resuming from a checkpoint at that step)."""
-        if not self.enabled:
+        """Keep only the records up to `step`: where a (resumed or restarted) run begins."""
+        if not self.enabled or not self.path.exists():
             return
         kept = [r for r in self.records() if r.get("step", 0) <= step]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 class StatsWindow:
-    """Sums of per-iteration stats between two log records."""
+    """Sums of per-iteration stats (and training images seen) between two log records."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
         self.count = 0
+        self.images = 0
 
-    def add(self, stats: dict[str, float]) -> None:
+    def add(self, stats: dict[str, float], *, images: int) -> None:
         for key, value in stats.items():
             self.sums[key] = self.sums.get(key, 0.0) + float(value)
         self.count += 1
+        self.images += images
 
     def means(self) -> dict[str, float]:
+        """Mean of each stat over the window; starts a new window."""
         means = {k: v / self.count for k, v in self.sums.items()} if self.count else {}
-        self.sums, self.count = {}, 0
+        self.sums, self.count, self.images = {}, 0, 0
         return means
 
 
@@ -82,7 +85,9 @@ class TrainProgress:
             console=console,
             disable=not enabled,
         )
-        self._task = self._progress.add_task("train", total=total, completed=completed, loss="-", hardness="-", speed="-")
+        self._task = self._progress.add_task(
+            "train", total=total, completed=completed, loss="-", hardness="-", speed="-"
+        )
 
     def __enter__(self) -> "TrainProgress":
         self._progress.start()

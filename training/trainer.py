@@ -86,8 +86,9 @@ class Trainer:
         train_set = load_dataset(cfg.dataset, "train", root=cfg.data_root, **shape)
         val_set = load_dataset(cfg.dataset, "test", root=cfg.data_root, **shape)
         items = balanced_subset(train_set.labels, cfg.train_subset, cfg.seed) if cfg.train_subset else None
+        labels = train_set.labels if items is None else train_set.labels[items]
         self.sampler = SPC2Sampler(
-            train_set.labels if items is None else train_set.labels[items], cfg.batch_pairs, cfg.seed, rank=processes.rank, world_size=processes.world_size
+            labels, cfg.batch_pairs, cfg.seed, rank=processes.rank, world_size=processes.world_size
         )
         self.batches = TrainBatches(train_set, items, device, seed=cfg.seed, num_workers=cfg.num_workers)
         self.val_data, self.val_labels = _validation_data(val_set, cfg.val_subset)
@@ -106,7 +107,6 @@ class Trainer:
         self.log = RunLog(self.out / "log.jsonl", enabled=processes.is_main)
         self.validations: list[dict[str, Any]] = []
         """Validation records (rank 0 only: the other processes wait while it validates)."""
-        self.validated_step: int | None = None
         if state is not None:
             self._restore(state)
 
@@ -119,30 +119,18 @@ class Trainer:
         if self.processes.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out / "config.json", cfg.to_dict())
-        window = StatsWindow()
-        window_start = pos.train_seconds
-        progress = TrainProgress(int(limit), pos.step, console=self.console, enabled=self.processes.is_main)
+        self.log.truncate_after(pos.step)  # drop records of a run that went further than its checkpoint
+        self._window = StatsWindow()
+        self._window_start = pos.train_seconds
+        self._progress = TrainProgress(int(limit), pos.step, console=self.console, enabled=self.processes.is_main)
         self._clock = time.perf_counter()
-        with progress:
+        with self._progress:
             while pos.epoch < cfg.epochs and pos.step < limit:
                 plan = self.sampler.epoch(pos.epoch)
                 for images, labels in self.batches.iterate(pos.epoch, plan, start=pos.batch):
-                    loss, stats = self.defense(self.net, images, labels)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.optimizer.step()
-                    pos.step += 1
-                    pos.batch += 1
-                    pos.image_passes += stats.get("image_passes", 0.0)
-                    window.add(stats)
+                    self._step(images, labels)
                     if pos.step % cfg.log_every == 0 or pos.step == limit:
-                        seconds = self._tick() - window_start
-                        window_start = pos.train_seconds
-                        speed = window.count * images.shape[0] / max(seconds, 1e-9)
-                        means = window.means()
-                        self.log.write({"kind": "train", "step": pos.step, "epoch": pos.epoch, **means,
-                                        "images_per_s": speed})
-                        progress.update(pos.step, _progress_stats(means), speed)
+                        self._log_window()
                     if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0 and pos.batch < len(plan):
                         self._paused(self._save)
                     if pos.step >= limit:
@@ -155,12 +143,35 @@ class Trainer:
                 if finished or (epoch_done and pos.epoch % cfg.val_every == 0):
                     self._paused(self._validate)
                 self._paused(self._save)
-        if self.validated_step != pos.step:
-            self._paused(self._validate)
         self._tick()
         return self._finish()
 
     # -- pieces ----------------------------------------------------------------------------------------------------
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """One iteration: the defense's loss on this process's batch, backward (DDP averages), Adam step."""
+        loss, stats = self.defense(self.net, images, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.position.step += 1
+        self.position.batch += 1
+        self.position.image_passes += stats.get("image_passes", 0.0)
+        self._window.add(stats, images=images.shape[0])
+
+    def _log_window(self) -> None:
+        """Write the mean stats since the last record to log.jsonl and the progress bar."""
+        seconds = self._tick() - self._window_start
+        self._window_start = self.position.train_seconds
+        speed = self._window.images / max(seconds, 1e-9)
+        means = self._window.means()
+        self.log.write({"kind": "train", "step": self.position.step, "epoch": self._epochs(), **means,
+                        "images_per_s": speed})
+        self._progress.update(self.position.step, _progress_stats(means), speed)
+
+    def _epochs(self) -> float:
+        """Epochs trained so far, fractional inside an epoch."""
+        return round(self.position.step / self.sampler.batches_per_epoch, 4)
 
     def _tick(self) -> float:
         """Add the time since the last tick to train_seconds; returns the new total."""
@@ -177,19 +188,23 @@ class Trainer:
 
     def _validate(self) -> None:
         pos = self.position
-        self.validated_step = pos.step
         if self.processes.is_main:
-            metrics = validate(self.model, self.val_data, self.val_labels, batch_size=self.cfg.val_batch)
-            record = {"kind": "val", "step": pos.step, "epoch": pos.epoch, **metrics}
+            cfg = self.cfg
+            metrics = validate(
+                self.model, self.val_data, self.val_labels, batch_size=cfg.val_batch, num_workers=cfg.num_workers
+            )
+            record = {"kind": "val", "step": pos.step, "epoch": self._epochs(), **metrics}
             self.validations.append(record)
             self.log.write(record)
             summary = "  ".join(f"{k} {metrics[k]:.4f}" for k in ("R@1", "R@2", "mAP", "NMI") if k in metrics)
-            self.console.print(f"epoch {pos.epoch} step {pos.step}: {summary}")
+            self.console.print(f"epoch {record['epoch']:g} step {pos.step}: {summary}")
             if metrics["collapsed"]:
-                self.console.print(
-                    f"[yellow]warning: the embedding looks collapsed (mean cosine {metrics['mean_cosine']:.3f}, "
-                    f"R@1 {metrics['R@1']:.3f}); consider a weaker adversary or a lower learning rate"
+                warning = (
+                    f"the embedding looks collapsed (mean cosine {metrics['mean_cosine']:.3f}, R@1 "
+                    f"{metrics['R@1']:.3f}); consider a weaker adversary or a lower learning rate"
                 )
+                self.log.write({"kind": "warning", "step": pos.step, "message": warning})
+                self.console.print(f"[yellow]warning: {warning}")
         self.processes.barrier()
 
     def _save(self) -> None:
@@ -222,12 +237,10 @@ class Trainer:
         self.defense.load_state_dict(mine["defense"])
         self.position = Position(**state["position"])
         self.validations = list(state["validations"])
-        self.validated_step = self.validations[-1]["step"] if self.validations else None
-        self.log.truncate_after(self.position.step)
 
     def _finish(self) -> dict[str, Any]:
         pos, cfg = self.position, self.cfg
-        epochs = pos.step / self.sampler.batches_per_epoch
+        epochs = self._epochs()
         final = self.validations[-1] if self.validations else {}
         metrics: dict[str, Any] = {k: v for k, v in final.items() if k not in ("kind", "step", "epoch")}
         metrics.update(
@@ -238,7 +251,7 @@ class Trainer:
                 "paper_cost": self.defense.paper_cost(),
                 "image_passes_per_iter": pos.image_passes / max(pos.step, 1),
                 "steps": pos.step,
-                "epochs": round(epochs, 4),
+                "epochs": epochs,
                 "train_seconds": pos.train_seconds,
                 "seconds_per_epoch": pos.train_seconds / epochs if epochs else float("nan"),
                 "seconds_per_step": pos.train_seconds / max(pos.step, 1),

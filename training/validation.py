@@ -18,10 +18,12 @@ COLLAPSE_COSINE = 0.95
 COLLAPSE_BATCH = 128
 
 
-def validate(model: nn.Module, data: torch.Tensor | Dataset, labels: torch.Tensor, *, batch_size: int) -> dict[str, Any]:
+def validate(
+    model: nn.Module, data: torch.Tensor | Dataset, labels: torch.Tensor, *, batch_size: int, num_workers: int = 0
+) -> dict[str, Any]:
     """Benign metrics, `mean_cosine` of the first validation batch and `collapsed`; leaves every RNG untouched."""
     with torch.random.fork_rng(devices=[]):
-        embeddings = embed(model, data, batch_size=batch_size).float().cpu()
+        embeddings = embed(model, data, batch_size=batch_size, num_workers=num_workers).float().cpu()
         metrics = {k: float(v) for k, v in benign_metrics(embeddings, labels.cpu()).items()}
     cosine = mean_pairwise_cosine(embeddings[:COLLAPSE_BATCH])
     chance = 1.0 / max(int(torch.unique(labels).numel()), 1)

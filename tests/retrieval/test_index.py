@@ -33,8 +33,9 @@ def table(n: int, offset: int = 0) -> pa.Table:
 
 def test_auto_rule_picks_by_size_and_memory() -> None:
     assert choose_index_type(10_000, 512) == "flat"
-    assert choose_index_type(1_000_000, 512, memory=64 << 30) == "hnsw"
-    assert choose_index_type(1_000_000, 512, memory=2 << 30) == "ivf-pq"
+    assert choose_index_type(200_000, 512, memory=64 << 30) == "hnsw"
+    assert choose_index_type(200_000, 512, memory=100 << 20) == "ivf-pq"  # the graph would not fit
+    assert choose_index_type(1_000_000, 512, memory=64 << 30) == "ivf-pq"  # hnsw would build too slowly
     assert memory_estimate("ivf-pq", 10**6, 512) < memory_estimate("flat", 10**6, 512) < memory_estimate("hnsw", 10**6, 512)
 
 

@@ -28,9 +28,11 @@ def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 
 def test_model_protocol_then_preset_then_explicit_options() -> None:
     resnet = build_config({"model": "resnet18"}, {})
-    assert (resnet.lr, resnet.weight_decay, resnet.batch_pairs, resnet.epochs, resnet.val_every) == (1e-5, 4e-4, 56, 75, 5)
+    assert (resnet.lr, resnet.weight_decay, resnet.batch_pairs, resnet.epochs, resnet.val_every) == (
+        1e-5, 4e-4, 56, 75, 5)
     c2f2 = build_config({}, {}, preset="paper")
-    assert (c2f2.lr, c2f2.weight_decay, c2f2.batch_pairs, c2f2.epochs, c2f2.defense.pgd_steps) == (1e-3, 1e-7, 128, 8, 32)
+    assert (c2f2.lr, c2f2.weight_decay, c2f2.batch_pairs, c2f2.epochs, c2f2.defense.pgd_steps) == (
+        1e-3, 1e-7, 128, 8, 32)
     quick = build_config({"epochs": 3}, {}, preset="quick")
     assert (quick.dataset, quick.device, quick.epochs, quick.train_subset, quick.defense.pgd_steps) == (
         "fashion-mnist", "cpu", 3, 12_800, 8)

@@ -85,8 +85,8 @@ def test_in_memory_batches_index_the_dataset_tensor() -> None:
 
 @pytest.mark.parametrize("size", [28, 224])
 def test_folder_batches_are_reproducible_across_workers_and_resume(tmp_path, size: int) -> None:
-    dataset = load_dataset("folder", "train", root=write_folder(tmp_path, per_class=2, size=size if size == 28 else 256),
-                           image_size=size, channels=1)
+    root = write_folder(tmp_path, per_class=2, size=size if size == 28 else 256)
+    dataset = load_dataset("folder", "train", root=root, image_size=size, channels=1)
     plan = SPC2Sampler(dataset.labels, 2, seed=0).epoch(0)
     inline = list(TrainBatches(dataset, None, torch.device("cpu"), seed=0, num_workers=0).iterate(0, plan))
     workers = list(TrainBatches(dataset, None, torch.device("cpu"), seed=0, num_workers=2).iterate(0, plan, start=2))

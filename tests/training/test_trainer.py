@@ -51,7 +51,7 @@ def test_run_directory_holds_config_log_checkpoint_metrics_and_curves(finished_r
     assert metrics["seconds_per_epoch"] == pytest.approx(metrics["train_seconds"] / 1.5)
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [2, 4, 6]
-    assert [(r["epoch"], r["step"]) for r in records if r["kind"] == "val"] == [(1, 4), (1, 6)]
+    assert [(r["epoch"], r["step"]) for r in records if r["kind"] == "val"] == [(1.0, 4), (1.5, 6)]
     assert {"loss", "hardness_source", "images_per_s"} <= set(records[0])
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     state = torch.load(out / "checkpoint.pt", weights_only=True)
