@@ -47,7 +47,8 @@ class OnnxEmbedder:
             images = images.detach().cpu().numpy()
         images = np.ascontiguousarray(images, dtype=np.float32)
         if images.ndim != 4 or images.shape[1:] != self.input_shape:
-            raise UserError(f"expected images of shape [N,{','.join(map(str, self.input_shape))}], got {list(images.shape)}")
+            expected = ",".join(map(str, self.input_shape))
+            raise UserError(f"expected images of shape [N,{expected}], got {list(images.shape)}")
         out = np.empty((len(images), self.dim), dtype=np.float32)
         for start in range(0, len(images), self.batch_size):
             batch = images[start : start + self.batch_size]

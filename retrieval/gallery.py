@@ -61,7 +61,9 @@ def embed_dataset(
     labels = dataset.labels.tolist()
     if images is None:  # file-backed: go through the same checked path as --images
         sources = [dataset.source(i) for i in range(len(dataset))]
-        return embed_files(sources, embedder, labels=labels, strict=strict, known_sha256=known_sha256, progress=progress)
+        return embed_files(
+            sources, embedder, labels=labels, strict=strict, known_sha256=known_sha256, progress=progress
+        )
     pixels = images.mul(255).round_().to(torch.uint8)
     hashes = [sha256_bytes(p.numpy().tobytes()) for p in pixels]
     keep = [i for i, h in enumerate(hashes) if h not in known_sha256]
@@ -83,7 +85,7 @@ def embed_files(
     progress: Progress | None = None,
     workers: int = 4,
 ) -> GalleryItems:
-    """Read, hash and decode files in parallel batches; unreadable ones are skipped with the reason (or fatal if strict)."""
+    """Read, hash and decode files in parallel batches; unreadable ones are skipped with a reason (fatal if strict)."""
     channels, size = embedder.input_shape[0], embedder.input_shape[1]
     skipped: list[Skipped] = []
     already_indexed = 0

@@ -17,7 +17,8 @@ Choosing an index type (`choose_index_type`, used by `--index-type auto`):
 
 After building, search parameters (HNSW efSearch, IVF nprobe) are raised from cheap to thorough until recall@10
 against exact search on a gallery sample reaches 0.97 (a margin over the 0.95 target, since held-out queries
-measured a little lower than gallery items in benchmarks/index_bench.py); the measured recall and per-query latency go into index_info.json.
+measured a little lower than gallery items in benchmarks/index_bench.py); the measured recall and per-query
+latency go into index_info.json.
 """
 
 from __future__ import annotations
@@ -242,7 +243,8 @@ class GalleryIndex:
             params, recall = {}, 1.0
         else:
             truth = quality.exact_neighbours(vectors, query_ids)
-            params, recall = quality.tune(self.index, _search_candidates(self.index_type, self.info), queries, query_ids, truth)
+            candidates = _search_candidates(self.index_type, self.info)
+            params, recall = quality.tune(self.index, candidates, queries, query_ids, truth)
         self.info.update(
             search_params=params,
             recall_at_10=round(recall, 4),

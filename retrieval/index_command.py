@@ -20,13 +20,13 @@ def index(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="NAME:SPLIT, e.g. fashion-mnist:test."),
     images: Optional[Path] = typer.Option(None, "--images", help="Folder of images (searched recursively)."),
     out: Path = typer.Option(..., "-o", "--out", help="Index directory (generations + CURRENT pointer)."),
-    index_type: str = typer.Option("auto", "--index-type", help="auto, flat, hnsw or ivf-pq (auto: by size and memory)."),
+    index_type: str = typer.Option("auto", "--index-type", help="auto, flat, hnsw or ivf-pq (auto: size and memory)."),
     append: bool = typer.Option(False, "--append", help="Add new images to the existing index instead of rebuilding."),
     strict: bool = typer.Option(False, "--strict", help="Fail on the first unreadable image instead of skipping it."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder (folder, cub, cars, sop)."),
     batch_size: int = typer.Option(256, min=1, help="Images per onnxruntime call."),
     threads: Optional[int] = typer.Option(None, min=1, help="onnxruntime and FAISS threads (default: all cores)."),
-    memory_gb: Optional[float] = typer.Option(None, min=0.0, help="Budget for --index-type auto (default: half the free RAM)."),
+    memory_gb: Optional[float] = typer.Option(None, min=0.0, help="RAM budget for --index-type auto (default: half free)."),
 ) -> None:
     """Embed a gallery with a bundle's ONNX model and build (or --append to) a FAISS index."""
     import faiss  # late imports keep `--help` of every command fast
@@ -63,7 +63,9 @@ def index(
         console.print(f"[yellow]skipped[/] {skipped.source}: {skipped.reason}", highlight=False)
     if existing is None:
         memory = None if memory_gb is None else int(memory_gb * (1 << 30))
-        gallery = GalleryIndex.build(items.vectors, items.metadata, index_type, model_sha256=model.model_sha256, memory=memory)
+        gallery = GalleryIndex.build(
+            items.vectors, items.metadata, index_type, model_sha256=model.model_sha256, memory=memory
+        )
     elif len(items.vectors):
         existing.append(items.vectors, items.metadata, model_sha256=model.model_sha256)
         gallery = existing
@@ -91,6 +93,7 @@ class _RateColumn(ProgressColumn):
 @contextlib.contextmanager
 def _progress(console: Console, total: int) -> Iterator[Callable[[int], None]]:
     """A rich progress bar over `total` images; yields the callback that advances it."""
-    with Progress("embedding", BarColumn(), MofNCompleteColumn(), _RateColumn(), TimeRemainingColumn(), console=console) as bar:
+    columns = (BarColumn(), MofNCompleteColumn(), _RateColumn(), TimeRemainingColumn())
+    with Progress("embedding", *columns, console=console) as bar:
         task = bar.add_task("embedding", total=total)
         yield lambda n: bar.advance(task, n)

@@ -79,11 +79,18 @@ def write_report(runs: list[str | Path], out: str | Path) -> list[Path]:
     written = [out / "report.md", out / "report.json"]
     atomic_write_text(written[0], markdown_table(rows))
     atomic_write_json(written[1], rows)
-    written.append(_scatter(rows, "cost", "ERS", "training cost (eta + 1)", "ERS", out / "ers_vs_cost.png"))
-    written.append(_scatter(rows, "ERS", "R@1", "ERS", "R@1 (%)", out / "r1_vs_ers.png"))
+    written += plot_tradeoffs(rows, out / "ers_vs_cost.png", out / "r1_vs_ers.png")
     for row in rows:
         written.append(_attack_bars(row, out / f"attacks_{_slug(row['run'])}.png"))
     return written
+
+
+def plot_tradeoffs(rows: list[dict[str, Any]], ers_vs_cost: Path, r1_vs_ers: Path) -> list[Path]:
+    """The two comparison plots of spec section 11: ERS against training cost, and R@1 against ERS."""
+    return [
+        _scatter(rows, "cost", "ERS", "training cost (eta + 1)", "ERS", ers_vs_cost),
+        _scatter(rows, "ERS", "R@1", "ERS", "R@1 (%)", r1_vs_ers),
+    ]
 
 
 def _read_json(path: Path, *, required: bool = False) -> dict[str, Any]:

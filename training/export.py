@@ -30,7 +30,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def export_bundle(run_dir_or_checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Bundle:
-    """Write model.onnx, weights.safetensors, config.json and (last) manifest.json into `out_dir`; return it verified."""
+    """Write model.onnx, weights.safetensors, config.json and (last) manifest.json into `out_dir`; return it loaded."""
     checkpoint_path, run_dir = _resolve(Path(run_dir_or_checkpoint))
     checkpoint = _load_checkpoint(checkpoint_path)
     train_config = checkpoint["config"]

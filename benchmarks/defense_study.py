@@ -1,0 +1,280 @@
+"""Defense study: the paper's method comparison on Fashion-MNIST with C2F2, under one budget for every method.
+
+    python benchmarks/defense_study.py                   # profile cpu: about 120 minutes on 2 idle cores
+    python benchmarks/defense_study.py --profile smoke   # a couple of minutes; results stay in the runs directory
+    python benchmarks/defense_study.py --profile paper   # spec section 10, for a machine with a GPU
+    python benchmarks/defense_study.py --plan            # print the runs and what is left to do, then exit
+
+Trains N/A[R], EST[R], ACT[R], HM[R,M], HM[S,M], HM[S,gLGA], HM[S,gLGA]&ICS and the min-max HM[R,2] at the
+profile's eta, plus ACT[R] and HM[S,gLGA]&ICS at eta 2, 4 and 8, into runs/defense_study/<profile>/<slug>/. Each run
+is attacked with `rob28` (eps 77/255, alpha 3/255, 32 steps) on one fixed query sample (a seeded permutation of the
+test split; the gallery is the whole test split) and written as robustness.json beside its metrics.json. The results
+are one record per run in <stem>.json, the spec's table in <stem>.md and the plots ERS vs training cost and R@1 vs
+ERS (retrieval/report.py). The stem is `defense_study` for the cpu profile, `defense_study_<profile>` otherwise.
+
+The study resumes: a run with metrics.json and robustness.json is skipped, one with only metrics.json is evaluated,
+an interrupted one continues from its checkpoint (the trainer's resume gives the same weights as an uninterrupted
+run). A run directory written with another configuration is an error, never silently mixed in.
+
+Budget arithmetic of the cpu profile (2 idle cores, fp32). Measured: an undefended iteration of 128 pairs 0.17-0.45 s,
+one PGD step over 2N = 256 images 0.16 s and over 3N = 384 images 0.24 s; all ten attacks at 32 steps 0.3-1 query/s
+against the 10k gallery. Every method gets the same 200 iterations (1 epoch over a class-balanced 25,600-anchor
+subset, 128 pairs) at eta 8, the reference setting of spec 11.8. Worst case per iteration (no early stop):
+
+    N/A[R] 0.3 s; EST[R], ACT[R] 0.3 + 8 x 0.16 = 1.6 s; HM[R,M], HM[S,M], HM[S,gLGA], HM[R,2] 0.4 + 8 x 0.24 = 2.3 s;
+    HM[S,gLGA]&ICS 2.4 s                                                           -> eight main runs 15.1 s
+    sweep: ACT[R] at eta 2 / 4: 0.65 / 0.95 s; HM[S,gLGA]&ICS at eta 2 / 4: 0.95 / 1.4 s  -> four more 4.0 s
+    training: 19.1 s x 200 iterations                                                      = 3,820 s (64 min)
+    evaluation: 128 queries (one rob28 batch) / 0.5 query/s + ~15 s gallery + benign = ~270 s x 12 (54 min)
+    data loading, validation on 2,000 test images, checkpoints: ~15 s x 12                 = ~3 min
+
+About 121 minutes in all; HM perturbs only the triplets below their destination hardness and may stop early, so its
+runs are usually cheaper. The attack speed dominates the uncertainty: 26 to 85 minutes of evaluation at 1 to 0.3
+query/s. 128 queries give per-attack values within roughly +-4 points (one binomial standard error at 50 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from retrieval.atomic import atomic_write_json, atomic_write_text
+from retrieval.datasets import load_dataset
+from retrieval.errors import UserError
+from retrieval.report import load_run, markdown_table, plot_tradeoffs, robustness_markdown
+from retrieval.robustness import evaluate_robustness
+from training.config import TrainConfig, build_config
+from training.evaluate import load_trained
+from training.method import format_method, parse_method
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("N/A[R]", "EST[R]", "ACT[R]", "HM[R,M]", "HM[S,M]", "HM[S,gLGA]", "HM[S,gLGA]&ICS", "HM[R,2]")
+SWEPT = ("ACT[R]", "HM[S,gLGA]&ICS")
+SWEEP_ETAS = (2, 4, 8)
+DATASET = "fashion-mnist"
+SEED = 0
+"""Seed of training (every run), of the query sample and of the attacks' target choices."""
+ATTACK_PROFILE = "rob28"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One budget, the same for every method: only the eta sweep changes eta."""
+
+    eta: int
+    """Training PGD steps of the main comparison."""
+    epochs: int
+    batch_pairs: int
+    train_subset: int | None
+    """Class-balanced training anchors (None: all 60,000)."""
+    val_subset: int | None
+    """Test images validated on during training (the table's benign metrics use the whole gallery)."""
+    checkpoint_every: int | None
+    queries: int | None
+    """Size of the seeded query sample (None: every test image)."""
+    gallery: int | None
+    """Gallery size: the first images of the seeded permutation, queries included (None: the whole test split)."""
+    attack_steps: int | None
+    """PGD steps of the evaluation attacks (None: rob28's 32)."""
+    device: str
+
+
+PROFILES: dict[str, Profile] = {
+    "cpu": Profile(eta=8, epochs=1, batch_pairs=128, train_subset=25_600, val_subset=2_000, checkpoint_every=50,
+                   queries=128, gallery=None, attack_steps=None, device="cpu"),
+    "paper": Profile(eta=32, epochs=8, batch_pairs=128, train_subset=None, val_subset=None, checkpoint_every=None,
+                     queries=None, gallery=None, attack_steps=None, device="auto"),
+    "smoke": Profile(eta=2, epochs=1, batch_pairs=16, train_subset=32, val_subset=200, checkpoint_every=1,
+                     queries=16, gallery=500, attack_steps=2, device="cpu"),
+}
+"""cpu: the 120-minute budget above. paper: spec section 10 (8 epochs of all anchors, eta 32, every test image
+attacked). smoke: 2 iterations of 16 pairs per run and a 2-step attack on 16 queries, to prove the pipeline."""
+
+
+@dataclass
+class Run:
+    method: str
+    """Paper notation, canonical (format_method)."""
+    eta: int
+    """Training PGD steps; 0 for N/A, so that the paper's training cost is eta + 1."""
+    config: TrainConfig
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.config.out)
+
+
+def slug(method: str, eta: int) -> str:
+    """A directory name: "HM[S,gLGA]&ICS" at eta 8 -> "hm_s_glga_ics-eta8", "N/A[R]" -> "na_r"."""
+    name = re.sub(r"[^a-z0-9]+", "_", method.lower().replace("/", "")).strip("_")
+    return f"{name}-eta{eta}" if eta else name
+
+
+def plan(profile: str, runs_dir: Path) -> list[Run]:
+    """Every run of the study under `profile`, in training order, with its resolved configuration."""
+    if profile not in PROFILES:
+        raise UserError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    p = PROFILES[profile]
+    wanted = [(m, p.eta) for m in METHODS] + [(m, eta) for m in SWEPT for eta in SWEEP_ETAS if eta != p.eta]
+    options = {"dataset": DATASET, "model": "c2f2", "epochs": p.epochs, "batch_pairs": p.batch_pairs, "seed": SEED,
+               "train_subset": p.train_subset, "val_subset": p.val_subset, "checkpoint_every": p.checkpoint_every,
+               "device": p.device}
+    options = {k: v for k, v in options.items() if v is not None}
+    runs = []
+    for text, eta in wanted:
+        defense = parse_method(text)
+        eta = 0 if defense.defense == "none" else eta
+        method = format_method(defense)
+        out = runs_dir / profile / slug(method, eta)
+        cfg = build_config({**options, "out": str(out)}, {"pgd_steps": eta} if eta else {}, method=defense)
+        runs.append(Run(method, eta, cfg))
+    return runs
+
+
+def next_action(run_dir: Path) -> str:
+    """What is left to do in a run directory: skip, evaluate, resume or train."""
+    if (run_dir / "metrics.json").is_file():
+        return "skip" if (run_dir / "robustness.json").is_file() else "evaluate"
+    return "resume" if (run_dir / "checkpoint.pt").is_file() else "train"
+
+
+def check_config(run: Run) -> None:
+    """Refuse to resume or report a run directory written with another configuration."""
+    path = run.directory / "config.json"
+    if not path.is_file():
+        return
+    stored = {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if k != "out"}
+    if stored != {k: v for k, v in run.config.to_dict().items() if k != "out"}:
+        raise UserError(f"{run.directory} was trained with another configuration; delete it or use another --runs-dir")
+
+
+@dataclass
+class QuerySample:
+    """The test split in a seeded order: the first `queries` images are attacked, the first `gallery` searched."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    queries: int
+
+    @classmethod
+    def load(cls, p: Profile) -> "QuerySample":
+        test = load_dataset(DATASET, "test")
+        order = torch.randperm(len(test), generator=torch.Generator().manual_seed(SEED))[: p.gallery]
+        queries = min(p.queries or len(order), len(order))
+        return cls(test.tensors()[order], test.labels[order], queries)
+
+    def describe(self) -> dict[str, Any]:
+        return {"order": f"torch.randperm(test split, seed {SEED})", "queries": self.queries,
+                "gallery": len(self.labels)}
+
+
+def evaluate_run(run: Run, sample: QuerySample, p: Profile) -> dict[str, Any]:
+    """Attack the run's final weights and write robustness.json / robustness.md into its directory."""
+    model, _, run_dir = load_trained(run.directory)
+    device = torch.device("cuda" if p.device != "cpu" and torch.cuda.is_available() else "cpu")
+    report = evaluate_robustness(model.to(device), sample.images, sample.labels, profile=ATTACK_PROFILE,
+                                 max_queries=sample.queries, steps=p.attack_steps, seed=SEED)
+    report = {"method": run.method, "run": str(run_dir), "dataset": f"{DATASET}:test", "sample": sample.describe(),
+              **report}
+    atomic_write_json(run_dir / "robustness.json", report)
+    atomic_write_text(run_dir / "robustness.md", robustness_markdown(report, run_dir.name))
+    return report
+
+
+def record(run: Run, profile: str) -> dict[str, Any]:
+    """One result record: the report row plus eta, training and evaluation seconds."""
+    row = load_run(run.directory)
+    metrics = json.loads((run.directory / "metrics.json").read_text(encoding="utf-8"))
+    robustness = json.loads((run.directory / "robustness.json").read_text(encoding="utf-8"))
+    return {**row, "method": run.method, "eta": run.eta, "profile": profile, "steps": metrics["steps"],
+            "train_seconds": metrics["train_seconds"], "eval_seconds": robustness["timings"]["total_s"]}
+
+
+def results_paths(profile: str, results_dir: Path) -> dict[str, Path]:
+    stem = "defense_study" if profile == "cpu" else f"defense_study_{profile}"
+    return {
+        "json": results_dir / f"{stem}.json",
+        "md": results_dir / f"{stem}.md",
+        "ers_vs_cost": results_dir / f"{stem}_ers_vs_cost.png",
+        "r1_vs_ers": results_dir / f"{stem}_r1_vs_ers.png",
+    }
+
+
+def describe(profile: str) -> str:
+    p = PROFILES[profile]
+    return (f"Fashion-MNIST, c2f2, profile `{profile}`: {p.epochs} epoch(s) of "
+            f"{p.train_subset or 'all'} anchors in batches of {p.batch_pairs} SPC-2 pairs, eta {p.eta} "
+            f"(sweep {', '.join(map(str, SWEEP_ETAS))} for {' and '.join(SWEPT)}), seed {SEED}; "
+            f"{ATTACK_PROFILE} with {p.attack_steps or 32} steps on {p.queries or 'all'} seeded test queries against "
+            f"{p.gallery or 'all 10,000'} test images. cost = eta + 1; wall_s = training seconds.")
+
+
+def write_results(records: list[dict[str, Any]], profile: str, results_dir: Path) -> list[Path]:
+    paths = results_paths(profile, results_dir)
+    atomic_write_json(paths["json"], records)
+    atomic_write_text(paths["md"], f"# Defense study\n\n{describe(profile)}\n\n{markdown_table(records)}")
+    plot_tradeoffs(records, paths["ers_vs_cost"], paths["r1_vs_ers"])
+    return list(paths.values())
+
+
+def run_study(profile: str, runs_dir: Path, results_dir: Path, *, console: Console) -> list[dict[str, Any]]:
+    """Train and evaluate what is not done yet, then write the results; returns the records."""
+    from training.trainer import train
+
+    runs = plan(profile, runs_dir)
+    for run in runs:
+        check_config(run)
+    sample: QuerySample | None = None
+    for i, run in enumerate(runs, 1):
+        action = next_action(run.directory)
+        console.rule(f"{i}/{len(runs)} {run.method} eta {run.eta}: {action}")
+        if action in ("train", "resume"):
+            train(run.config, resume=action == "resume", console=console)
+        if action != "skip":
+            if sample is None:
+                sample = QuerySample.load(PROFILES[profile])
+            report = evaluate_run(run, sample, PROFILES[profile])
+            console.print(f"ERS {report['ERS']:.1f}  R@1 {report['benign']['R@1']:.1f}  "
+                          f"evaluation {report['timings']['total_s']:.0f} s")
+    records = [record(run, profile) for run in runs]
+    for path in write_results(records, profile, results_dir):
+        console.print(f"wrote {path}")
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="cpu", choices=list(PROFILES))
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "defense_study",
+                        help="Run directories go to RUNS_DIR/<profile>/<slug>/.")
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="Default: benchmarks/results (smoke: RUNS_DIR/smoke, so committed results stay).")
+    parser.add_argument("--plan", action="store_true", help="Print the runs and what is left to do, then exit.")
+    args = parser.parse_args()
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(os.cpu_count() or 1)
+    console = Console()
+    try:
+        if args.plan:
+            for run in plan(args.profile, args.runs_dir):
+                print(f"{next_action(run.directory):<9} {run.method:<16} eta {run.eta:<3} {run.directory}")
+            return
+        default = args.runs_dir / "smoke" if args.profile == "smoke" else ROOT / "benchmarks" / "results"
+        started = time.perf_counter()
+        run_study(args.profile, args.runs_dir, args.results_dir or default, console=console)
+        console.print(f"study wall time {time.perf_counter() - started:.0f} s")
+    except UserError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()
