@@ -45,9 +45,9 @@ def main() -> None:
     device = torch.device(args.device)
 
     if args.checkpoint is not None:
-        from training.evaluate import load_trained
+        from training.checkpoint import load_trained
 
-        model = load_trained(args.checkpoint)[0]
+        model = load_trained(args.checkpoint).model
     else:
         torch.manual_seed(0)
         model = build_model("c2f2", pretrained=False)

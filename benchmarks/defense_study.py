@@ -53,7 +53,7 @@ from retrieval.errors import UserError
 from retrieval.report import load_run, markdown_table, plot_tradeoffs, robustness_markdown
 from retrieval.robustness import evaluate_robustness
 from training.config import TrainConfig, build_config
-from training.evaluate import load_trained
+from training.checkpoint import load_trained
 from training.method import format_method, parse_method
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +179,8 @@ class QuerySample:
 
 def evaluate_run(run: Run, sample: QuerySample, p: Profile) -> dict[str, Any]:
     """Attack the run's final weights and write robustness.json / robustness.md into its directory."""
-    model, _, run_dir = load_trained(run.directory)
+    trained = load_trained(run.directory)
+    model, run_dir = trained.model, trained.run_dir
     device = torch.device("cuda" if p.device != "cpu" and torch.cuda.is_available() else "cpu")
     report = evaluate_robustness(model.to(device), sample.images, sample.labels, profile=ATTACK_PROFILE,
                                  max_queries=sample.queries, steps=p.attack_steps, seed=SEED)

@@ -72,9 +72,11 @@ class TimedAttack:
         return result
 
 
-def time_method(method: str, eta: int, precision: str, data, warmup: int, flops: int) -> dict:
+def time_method(method: str, eta: int, precision: str, data, warmup: int, flops: int, init: dict | None) -> dict:
     torch.manual_seed(0)
     model = build_model("c2f2")
+    if init is not None:
+        model.load_state_dict(init)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-7)
     cfg = dataclasses.replace(parse_method(method), pgd_steps=eta, precision=precision)
     defense = build_defense(cfg, generator=torch.Generator().manual_seed(0))
@@ -148,6 +150,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=5, help="timed iterations per row")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--init", type=Path, default=None,
+        help="start every row from this checkpoint.pt's weights (a trained model: HM then moves as many triplets "
+        "as it does mid-run, not the few it moves on a fresh model)",
+    )
     parser.add_argument("--pairs", type=int, default=128)
     parser.add_argument("--etas", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -160,6 +167,7 @@ def main() -> None:
         torch.set_num_threads(os.cpu_count() or 1)
 
     data = batches(args.pairs, max(args.warmup + args.iters, args.check_iters + 1))
+    init = torch.load(args.init, weights_only=True)["model"] if args.init else None
     flops = pgd_flops_per_image(build_model("c2f2"))
     rows = []
     print(f"{'method':<16}{'eta':>4} {'prec':<5}{'s/iter':>8}{'PGD s':>8}{'GFLOPS':>8}{'steps':>7}"
@@ -169,7 +177,7 @@ def main() -> None:
             for precision in (["fp32"] if method.startswith("N/A") else args.precisions):
                 if method.startswith("N/A") and eta != args.etas[0]:
                     continue
-                r = time_method(method, eta, precision, data[: args.warmup + args.iters], args.warmup, flops)
+                r = time_method(method, eta, precision, data[: args.warmup + args.iters], args.warmup, flops, init)
                 rows.append(r)
                 print(f"{method:<16}{r['eta']:>4} {precision:<5}{r['s_per_iter']:>8.3f}{r['pgd_s_per_iter']:>8.3f}"
                       f"{fmt(r['pgd_gflops'], '.1f'):>8}{fmt(r['pgd_steps'], '.1f'):>7}"
@@ -184,7 +192,7 @@ def main() -> None:
         "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                     "threads": torch.get_num_threads(), "torch": torch.__version__,
                     "load_average_1min": os.getloadavg()[0]},
-        "settings": {"pairs": args.pairs, "iters": args.iters, "warmup": args.warmup, "model": "c2f2",
+        "settings": {"pairs": args.pairs, "iters": args.iters, "warmup": args.warmup, "init": str(args.init) if args.init else None, "model": "c2f2",
                      "dataset": "fashion-mnist", "pgd_flops_per_image_step": flops},
         "rows": rows,
         "precision_check": check,

@@ -26,7 +26,7 @@ def index(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder (folder, cub, cars, sop)."),
     batch_size: int = typer.Option(256, min=1, help="Images per onnxruntime call."),
     threads: Optional[int] = typer.Option(None, min=1, help="onnxruntime and FAISS threads (default: all cores)."),
-    memory_gb: Optional[float] = typer.Option(None, min=0.0, help="RAM budget for --index-type auto (default: half free)."),
+    memory_gb: Optional[float] = typer.Option(None, min=0.0, help="RAM budget of --index-type auto (half free RAM)."),
 ) -> None:
     """Embed a gallery with a bundle's ONNX model and build (or --append to) a FAISS index."""
     import faiss  # late imports keep `--help` of every command fast

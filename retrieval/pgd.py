@@ -73,6 +73,15 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bf16 autocast runs natively here (CPU: oneDNN bf16 instructions; CUDA: bf16-capable GPU)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
 def _forward(model: nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
     if precision == "bf16":
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):

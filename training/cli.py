@@ -61,7 +61,7 @@ def train(
     xi: Optional[float] = typer.Option(None, help="g_B boost weight (0.1)."),
     lga_u: Optional[float] = typer.Option(None, help="LGA clip u (0.2)."),
     margin: Optional[float] = typer.Option(None, help="Triplet margin (0.2)."),
-    precision: Optional[str] = typer.Option(None, help="PGD precision inside the defense: fp32 or bf16."),
+    precision: Optional[str] = typer.Option(None, help="PGD precision inside the defense: auto (bf16 where safe and fast), fp32 or bf16."),
     reference_quirks: Optional[bool] = typer.Option(None, "--reference-quirks/--no-reference-quirks",
                                                     help="Reproduce the reference implementation's quirks."),
 ) -> None:

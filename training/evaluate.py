@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import typer
-from torch import nn
 
 from retrieval.atomic import atomic_write_json, atomic_write_text
 from retrieval.attacks import PROFILES, profile_for
@@ -17,31 +16,7 @@ from retrieval.datasets import load_dataset, parse_dataset_spec
 from retrieval.errors import UserError
 from retrieval.report import robustness_markdown
 from retrieval.robustness import evaluate_robustness
-
-CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def load_trained(path: Path) -> tuple[nn.Module, dict[str, Any], Path]:
-    """(model with the checkpoint's weights, its training config, the directory results go to)."""
-    from training.models import build_model  # late: keeps `--help` fast
-
-    checkpoint = path / CHECKPOINT_NAME if path.is_dir() else path
-    if not checkpoint.is_file():
-        raise UserError(f"no checkpoint at {checkpoint}; pass a run directory or a checkpoint file")
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise UserError(f"cannot read checkpoint {checkpoint} ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise UserError(f"{checkpoint} is not a robust-retrieval checkpoint (needs 'model' and 'config')")
-    config = state["config"]
-    arch = config.get("arch") or config.get("model")
-    model = build_model(arch, embedding_dim=int(config.get("embedding_dim", 512)), pretrained=False)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise UserError(f"{checkpoint} does not match a {arch} model ({str(exc).splitlines()[0]})") from None
-    return model, config, checkpoint.parent
+from training.checkpoint import load_trained
 
 
 def evaluate(
@@ -65,7 +40,8 @@ def evaluate(
     """Attack a trained model with the ten ERS attacks and write robustness.json and robustness.md."""
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(os.cpu_count() or 1)
-    model, config, run_dir = load_trained(run)
+    trained = load_trained(run)
+    model, config, run_dir = trained.model, trained.config, trained.run_dir or trained.checkpoint.parent
     name, split = parse_dataset_spec(dataset) if dataset else (config.get("dataset", "fashion-mnist"), "test")
     data = load_dataset(name, split, root=data_root or config.get("data_root"),
                         image_size=getattr(model, "input_size", None), channels=getattr(model, "channels", None))

@@ -22,27 +22,18 @@ from safetensors.torch import load_file, save
 from retrieval.atomic import atomic_write_bytes, atomic_write_json
 from retrieval.bundle import BUNDLE_FILES, CONFIG_FILE, MODEL_FILE, WEIGHTS_FILE, Bundle, sha256_file, write_manifest
 from retrieval.errors import UserError
+from training.checkpoint import load_trained
 from training.defenses import DefenseConfig, build_defense
 from training.models import build_model
 
 OPSET = 17
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def export_bundle(run_dir_or_checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Bundle:
     """Write model.onnx, weights.safetensors, config.json and (last) manifest.json into `out_dir`; return it loaded."""
-    checkpoint_path, run_dir = _resolve(Path(run_dir_or_checkpoint))
-    checkpoint = _load_checkpoint(checkpoint_path)
-    train_config = checkpoint["config"]
-    arch = _arch(train_config)
-    model = build_model(arch, embedding_dim=int(train_config["embedding_dim"]), pretrained=False)
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as exc:
-        raise UserError(f"checkpoint {checkpoint_path} does not fit arch {arch!r}: {exc}") from None
-    model.eval()
-
-    config = _bundle_config(model, train_config, run_dir)
+    trained = load_trained(run_dir_or_checkpoint)
+    model = trained.model
+    config = _bundle_config(model, trained.config, trained.run_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / MODEL_FILE, _onnx_bytes(model, config))
@@ -74,41 +65,11 @@ def load_torch_model(bundle_dir: str | os.PathLike) -> torch.nn.Module:
     return model.eval()
 
 
-def _resolve(path: Path) -> tuple[Path, Path | None]:
-    """A run directory holds checkpoint.pt; a bare checkpoint file may sit outside any run."""
-    if path.is_dir():
-        checkpoint = path / CHECKPOINT_FILE
-        if not checkpoint.is_file():
-            raise UserError(f"run directory {path} has no {CHECKPOINT_FILE}")
-        return checkpoint, path
-    if path.is_file():
-        return path, path.parent
-    raise UserError(f"{path} is neither a run directory nor a checkpoint file")
-
-
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise UserError(f"cannot read checkpoint {path}: {exc}") from None
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
-        raise UserError(f"checkpoint {path} lacks 'model' or 'config'")
-    config = checkpoint["config"]
-    if not isinstance(config, dict) or "embedding_dim" not in config or not ({"arch", "model"} & set(config)):
-        raise UserError(f"checkpoint {path} config lacks the architecture or embedding_dim")
-    return checkpoint
-
-
-def _arch(train_config: dict) -> str:
-    """TrainConfig stores the architecture as `model`; bare checkpoints may say `arch`."""
-    return str(train_config.get("arch") or train_config["model"])
-
-
 def _bundle_config(model: torch.nn.Module, train_config: dict, run_dir: Path | None) -> dict[str, Any]:
     """The bundle's config.json: model geometry plus the run's method, budget and headline numbers when known."""
     method, eps = _method_and_eps(model, train_config)
     return {
-        "arch": _arch(train_config),
+        "arch": train_config["arch"],
         "input_size": int(model.input_size),
         "channels": int(model.channels),
         "embedding_dim": int(model.embedding_dim),

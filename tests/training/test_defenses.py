@@ -12,6 +12,7 @@ from torch import nn
 
 from retrieval.distances import normalize
 from retrieval.errors import UserError
+from retrieval.pgd import bf16_is_fast
 from training.defenses import build_defense
 from training.defenses.act import AntiCollapse
 from training.defenses.base import clean_embeddings
@@ -62,7 +63,7 @@ def batch() -> tuple[Recorder, torch.Tensor, torch.Tensor]:
 
 
 def run(method: str, model, images, labels, **overrides):
-    cfg = dataclasses.replace(parse_method(method), **{"pgd_steps": 4, **overrides})
+    cfg = dataclasses.replace(parse_method(method), **{"pgd_steps": 4, "precision": "fp32", **overrides})
     defense = build_defense(cfg, generator=torch.Generator().manual_seed(SEED))
     model.inputs.clear()
     loss, stats = defense(model, images, labels)
@@ -259,3 +260,13 @@ def test_reference_mode_quirks(batch):
 def test_bad_configs_are_user_errors(cfg):
     with pytest.raises(UserError):
         build_defense(cfg)
+
+
+def test_auto_precision_uses_bf16_only_where_it_was_shown_safe() -> None:
+    cpu = torch.device("cpu")
+    fast = "bf16" if bf16_is_fast(cpu) else "fp32"
+    assert build_defense(parse_method("HM[S,gLGA]&ICS")).precision(cpu) == fast
+    assert build_defense(parse_method("ACT[R]")).precision(cpu) == fast
+    assert build_defense(parse_method("EST[R]")).precision(cpu) == "fp32"
+    assert build_defense(dataclasses.replace(parse_method("ACT[R]"), reference=True)).precision(cpu) == "fp32"
+    assert build_defense(dataclasses.replace(parse_method("EST[R]"), precision="bf16")).precision(cpu) == "bf16"

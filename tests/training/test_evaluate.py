@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from retrieval.errors import UserError
-from training.evaluate import load_trained
+from training.checkpoint import load_trained
 from training.models import build_model
 
 
@@ -23,8 +23,9 @@ def test_loads_the_same_weights_from_a_directory_or_a_file(run_dir) -> None:
     path, original = run_dir
     x = torch.rand(2, 1, 28, 28)
     for source in (path, path / "checkpoint.pt"):
-        model, config, out = load_trained(source)
-        assert out == path and config["embedding_dim"] == 32
+        trained = load_trained(source)
+        model, config = trained.model, trained.config
+        assert trained.run_dir == path and config["embedding_dim"] == 32
         with torch.no_grad():
             assert torch.allclose(model.eval()(x), original.eval()(x))
 

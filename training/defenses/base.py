@@ -16,10 +16,12 @@ Stats each call returns (keys that do not apply to a defense are absent):
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
-from retrieval.pgd import PGDConfig, PGDResult, frozen, pgd, unwrap
+from retrieval.pgd import PGDConfig, PGDResult, bf16_is_fast, frozen, pgd, unwrap
 from training.defenses.config import DefenseConfig
 
 DEFAULT_STEPS = 32
@@ -35,6 +37,9 @@ Stats = dict[str, float]
 
 class Defense:
     """One training method. Subclasses implement `__call__`; state (e.g. LGA's previous loss) goes in state_dict."""
+
+    bf16_safe: ClassVar[bool] = True
+    """Whether precision `auto` may run this defense's PGD in bf16 (measured in benchmarks/train_speed.py)."""
 
     def __init__(self, cfg: DefenseConfig, *, generator: torch.Generator | None = None) -> None:
         from training.method import format_method  # late import: training.method imports this package's config
@@ -66,10 +71,16 @@ class Defense:
             self.cfg.alpha if self.cfg.alpha is not None else alpha,
         )
 
+    def precision(self, device: torch.device) -> str:
+        """The configured PGD precision, with `auto` resolved for this defense and device."""
+        if self.cfg.precision != "auto":
+            return self.cfg.precision
+        return "bf16" if self.bf16_safe and not self.cfg.reference and bf16_is_fast(device) else "fp32"
+
     def attack(self, model: nn.Module, x: torch.Tensor, objective, *, early_stop_tol: float | None = None) -> PGDResult:
         """PGD without random start (spec 12.5) at this defense's budget, eta steps and precision."""
         eps, alpha = self.budget(model)
-        cfg = PGDConfig(eps, alpha, self.eta, early_stop_tol=early_stop_tol, precision=self.cfg.precision)
+        cfg = PGDConfig(eps, alpha, self.eta, early_stop_tol=early_stop_tol, precision=self.precision(x.device))
         return pgd(model, x, objective, cfg, generator=self.generator)
 
 

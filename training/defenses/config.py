@@ -30,8 +30,10 @@ class DefenseConfig:
     margin: float = 0.2
     reference: bool = False
     """Reproduce the reference implementation's quirks (spec sections 2.2, 4.2, 12) for comparable numbers."""
-    precision: str = "fp32"
-    """PGD precision inside the defense: fp32 | bf16."""
+    precision: str = "auto"
+    """PGD precision inside the defense: auto | fp32 | bf16. auto = bf16 autocast where the hardware runs it fast
+    and benchmarks/train_speed.py showed it leaves the adversary as strong (HM, ACT, min-max), else fp32 (EST, and
+    with `reference`)."""
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -20,6 +20,7 @@ REFERENCE_NOISE = 1e-7
 
 
 class EmbeddingShift(Defense):
+    bf16_safe = False  # bf16 moved its adversarial hardness by 0.04 against fp32 (limit 0.01), so `auto` keeps fp32
     def __init__(self, cfg: DefenseConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, generator=generator)
         margin = REFERENCE_MINER_MARGIN if cfg.reference else cfg.margin

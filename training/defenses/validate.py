@@ -48,5 +48,5 @@ def validate(cfg: DefenseConfig) -> None:
             raise UserError(f"{name} must lie in [0, 1] (images are in [0, 1]), got {value:g}")
     if cfg.margin < 0 or cfg.lga_u <= 0:
         raise UserError("margin must be >= 0 and the LGA clip u must be > 0")
-    if cfg.precision not in ("fp32", "bf16"):
-        raise UserError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        raise UserError(f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
