@@ -26,7 +26,7 @@ def test_every_profile_plans_the_eight_methods_plus_the_eta_sweep(tmp_path: Path
 def test_one_budget_for_every_method(tmp_path: Path) -> None:
     runs = study.plan("cpu", tmp_path)
     budget = {(r.config.epochs, r.config.batch_pairs, r.config.train_subset, r.config.seed, r.config.lr) for r in runs}
-    assert budget == {(1, 128, 25_600, 0, 1e-3)}
+    assert budget == {(1, 128, 38_400, 0, 1e-3)}
     assert all(r.config.defense.pgd_steps == r.eta for r in runs if r.eta)
     kinds = {r.method: (r.config.defense.defense, r.config.defense.ics) for r in runs}
     assert kinds["N/A[R]"] == ("none", 0.0)
