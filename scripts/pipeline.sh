@@ -21,15 +21,18 @@ to_pil_image(image).save(sys.argv[1])
 print(f"query: fashion-mnist test item 0, label {label}")
 PY
 
-$rr serve "$run/index" --port "$port" --enable-probe &
+$rr serve "$run/index" --port "$port" --enable-probe 2> "$run/serve.log" &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
 for _ in $(seq 120); do
   curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break
+  kill -0 $server 2>/dev/null || { echo "the service did not start; see $run/serve.log" >&2; exit 1; }
   sleep 0.5
 done
 
 echo "== POST /search"
-curl -fsS -F "image=@$run/query.png" -F top_k=5 "http://127.0.0.1:$port/search"; echo
+curl -fsS -F "image=@$run/query.png" -F top_k=5 "http://127.0.0.1:$port/search" | .venv/bin/python -m json.tool
 echo "== POST /probe (QA-, 32 steps)"
-curl -fsS -F "image=@$run/query.png" -F attack=QA- -F steps=32 -F top_k=5 "http://127.0.0.1:$port/probe"; echo
+curl -fsS -F "image=@$run/query.png" -F attack=QA- -F steps=32 -F top_k=5 "http://127.0.0.1:$port/probe" \
+  | .venv/bin/python -m json.tool
+echo "service log: $run/serve.log"
