@@ -103,7 +103,7 @@ def test_model_exports_to_onnx_with_matching_outputs(arch: str, tmp_path) -> Non
     path = tmp_path / "model.onnx"
     torch.onnx.export(
         model, (x,), str(path), input_names=["pixel_values"], output_names=["embedding"],
-        dynamic_shapes={"x": {0: torch.export.Dim("n")}}, verbose=False,
+        dynamic_axes={"pixel_values": {0: "n"}}, dynamo=False,  # the exporter training/export.py uses
     )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = torch.rand(3, model.channels, size, size)  # a different batch size than at export
