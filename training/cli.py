@@ -14,6 +14,7 @@ from rich.console import Console
 from retrieval.errors import UserError
 from training.config import PRESETS, TrainConfig, build_config
 from training.export import export_command
+from training.method import parse_method
 
 RESUMABLE = ("epochs", "max_steps", "device", "num_workers", "log_every", "val_every", "val_subset", "val_batch",
              "checkpoint_every")
@@ -66,7 +67,6 @@ def train(
                                                     help="Reproduce the reference implementation's quirks."),
 ) -> None:
     """Train an embedding model with SPC-2 triplets and an optional adversarial defense."""
-    from training.method import parse_method
     from training.trainer import train as run_training  # late: keeps `--help` of other commands fast
 
     given = {k: v for k, v in locals().items() if v is not None}
@@ -108,8 +108,14 @@ def _resumed_config(out: Path, explicit: dict[str, Any], *, preset: str | None, 
     values = {**stored.to_dict(), "out": str(out)}  # the directory may have moved since
     explicit = {k: v for k, v in explicit.items() if k != "out"}
     changed = [k for k, v in explicit.items() if k not in RESUMABLE and values.get(k, values["defense"].get(k)) != v]
-    if preset is not None or method is not None or changed:
-        names = ", ".join(f"--{k.replace('_', '-')}" for k in (changed or ["preset/method"]))
+    if preset is not None or method is not None:  # accepted when they resolve to the stored run (same command again)
+        options = {k: v for k, v in explicit.items() if k in TrainConfig.__dataclass_fields__}
+        defense = {k: v for k, v in explicit.items() if k not in options}
+        again = build_config(options, defense, preset=preset, method=parse_method(method) if method else None)
+        fresh, kept = again.to_dict(), stored.to_dict()
+        changed += [k for k in fresh if k not in (*RESUMABLE, "out", "preset") and fresh[k] != kept[k]]
+    if changed:
+        names = ", ".join(f"--{k.replace('_', '-')}" for k in dict.fromkeys(changed))
         raise UserError(f"{names} cannot change on --resume; only {', '.join(RESUMABLE)} can")
     values.update({k: v for k, v in explicit.items() if k in RESUMABLE})
     return TrainConfig.from_dict(values).validate()
