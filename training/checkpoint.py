@@ -42,11 +42,18 @@ def read_checkpoint(
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot read checkpoint {path}: it is truncated or corrupt ({reason})") from None
+        raise UserError(f"cannot read checkpoint {path}: it is truncated or corrupt ({_reason(exc)})") from None
     if not isinstance(state, dict) or any(key not in state for key in keys):
         raise UserError(f"{path} is not a {kind} (needs {', '.join(keys)})")
     return state
+
+
+def _reason(exc: BaseException) -> str:
+    """A short cause: torch's weights-only refusal would advise loading untrusted pickles, which we never do."""
+    text = str(exc).strip()
+    if text.startswith("Weights only load failed"):
+        return "not a tensors-only torch file"
+    return text.splitlines()[0][:160] if text else type(exc).__name__
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
