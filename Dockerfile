@@ -15,7 +15,7 @@ COPY pyproject.toml README.md ./
 COPY retrieval ./retrieval
 COPY training ./training
 COPY serve ./serve
-RUN pip install . httptools uvloop
+RUN pip install .
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 app
