@@ -43,21 +43,27 @@ class Processes:
         return out
 
 
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """auto | cpu | cuda -> a torch device; asking for CUDA without one is a UserError."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise UserError(f"device {name!r} is not one of auto, cpu, cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but torch sees no CUDA device")
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
 def start(device: str) -> Processes:
     """Resolve the device and, when WORLD_SIZE > 1, join the process group from torchrun's environment."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but torch sees no CUDA device")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        resolved = torch.device("cuda", local_rank)
-    else:
-        resolved = torch.device("cpu")
+    resolved = resolve_device(device, local_rank)
+    if resolved.type == "cuda":
+        torch.cuda.set_device(resolved)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://")
+        dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo", init_method="env://")
     return Processes(rank=rank, world_size=world_size, device=resolved)
 
 

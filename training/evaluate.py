@@ -13,10 +13,10 @@ import typer
 from retrieval.atomic import atomic_write_json, atomic_write_text
 from retrieval.attacks import PROFILES, profile_for
 from retrieval.datasets import load_dataset, parse_dataset_spec
-from retrieval.errors import UserError
 from retrieval.report import robustness_markdown
 from retrieval.robustness import evaluate_robustness
 from training.checkpoint import load_trained
+from training.distributed import resolve_device
 
 
 def evaluate(
@@ -45,7 +45,7 @@ def evaluate(
     name, split = parse_dataset_spec(dataset) if dataset else (config.get("dataset", "fashion-mnist"), "test")
     data = load_dataset(name, split, root=data_root or config.get("data_root"),
                         image_size=getattr(model, "input_size", None), channels=getattr(model, "channels", None))
-    target = _device(device)
+    target = resolve_device(device)
     report = evaluate_robustness(
         model.to(target), data,
         profile=profile or profile_for(getattr(model, "input_size", data.image_size)),
@@ -67,11 +67,3 @@ def _method(run_dir: Path) -> str | None:
         return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")).get("method")
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") or (name == "cuda" and not torch.cuda.is_available()):
-        raise UserError(f"device {name!r} is not available; use auto, cpu or cuda")
-    return torch.device(name)
