@@ -203,6 +203,16 @@ class Attack:
             _, values = self.score(emb, batch, plan)
         return values
 
+    def _draw_any(self, batch: Batch) -> torch.Tensor:
+        """Per attacked image, a gallery item drawn uniformly (CA+/QA+ targets)."""
+        return self._draw(self.gallery.shape[0], len(batch.embeddings))
+
+    def _draw_neighbour(self, batch: Batch) -> torch.Tensor:
+        """Per attacked image, one of its top-1% non-self neighbours drawn uniformly (CA-/QA- targets)."""
+        neighbours = top_percent_neighbours(batch, self.gallery.shape[0])
+        pick = self._draw(neighbours.shape[1], len(neighbours))
+        return neighbours.gather(1, pick[:, None]).squeeze(1)
+
     def _draw(self, high: int, size: int) -> torch.Tensor:
         """Uniform integers in [0, high) from the attack's generator (repeatable runs)."""
         return torch.randint(high, (size,), generator=self.generator).to(self.gallery.device)

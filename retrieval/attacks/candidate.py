@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from retrieval.attacks.base import Attack, Batch, Plan, gallery_distances, top_percent_neighbours
+from retrieval.attacks.base import Attack, Batch, Plan, gallery_distances
 from retrieval.distances import pair_distance
 
 
@@ -43,7 +43,7 @@ class CAPlus(_CandidateAttack):
     sign = 1
 
     def _queries(self, batch: Batch) -> torch.Tensor:
-        return self._draw(self.gallery.shape[0], len(batch.embeddings))
+        return self._draw_any(batch)
 
 
 class CAMinus(_CandidateAttack):
@@ -55,6 +55,4 @@ class CAMinus(_CandidateAttack):
     sign = -1
 
     def _queries(self, batch: Batch) -> torch.Tensor:
-        neighbours = top_percent_neighbours(batch, self.gallery.shape[0])
-        pick = self._draw(neighbours.shape[1], len(neighbours))
-        return neighbours.gather(1, pick[:, None]).squeeze(1)
+        return self._draw_neighbour(batch)

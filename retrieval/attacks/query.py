@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from retrieval.attacks.base import Attack, Batch, Plan, gallery_distances, top_percent_neighbours
+from retrieval.attacks.base import Attack, Batch, Plan, gallery_distances
 
 
 class _QueryAttack(Attack):
@@ -39,7 +39,7 @@ class QAPlus(_QueryAttack):
     sign = 1
 
     def _candidates(self, batch: Batch) -> torch.Tensor:
-        return self._draw(self.gallery.shape[0], len(batch.embeddings))
+        return self._draw_any(batch)
 
 
 class QAMinus(_QueryAttack):
@@ -51,6 +51,4 @@ class QAMinus(_QueryAttack):
     sign = -1
 
     def _candidates(self, batch: Batch) -> torch.Tensor:
-        neighbours = top_percent_neighbours(batch, self.gallery.shape[0])
-        pick = self._draw(neighbours.shape[1], len(neighbours))
-        return neighbours.gather(1, pick[:, None]).squeeze(1)
+        return self._draw_neighbour(batch)
