@@ -2,21 +2,21 @@
 
     python benchmarks/defense_study.py                   # profile cpu: about 65 minutes on 2 idle cores
     python benchmarks/defense_study.py --profile smoke   # a couple of minutes; results stay in the runs directory
-    python benchmarks/defense_study.py --profile paper   # spec section 10, for a machine with a GPU
+    python benchmarks/defense_study.py --profile paper   # the paper's protocol, for a machine with a GPU
     python benchmarks/defense_study.py --plan            # print the runs and what is left to do, then exit
 
 Trains N/A[R], EST[R], ACT[R], HM[R,M], HM[S,M], HM[S,gLGA], HM[S,gLGA]&ICS and the min-max HM[R,2] at the
 profile's eta, plus ACT[R] and HM[S,gLGA]&ICS at eta 2, 4 and 8, into runs/defense_study/<profile>/<slug>/. Each run
 is attacked with `rob28` (eps 77/255, alpha 3/255, 32 steps) on one fixed query sample (a seeded permutation of the
 test split; the gallery is the whole test split) and written as robustness.json beside its metrics.json. The results
-are one record per run in <stem>.json, the spec's table in <stem>.md and the plots ERS vs training cost and R@1 vs
+are one record per run in <stem>.json, the paper-style table in <stem>.md and the plots ERS vs training cost and R@1 vs
 ERS (retrieval/report.py). The stem is `defense_study` for the cpu profile, `defense_study_<profile>` otherwise.
 
 The study resumes: a run with metrics.json and robustness.json is skipped, one with only metrics.json is evaluated,
 an interrupted one continues from its checkpoint (the trainer's resume gives the same weights as an uninterrupted
 run). A run directory written with another configuration is an error, never silently mixed in.
 
-Budget of the cpu profile: the setting of spec section 11.8, where the reference code was measured on this 2-core
+Budget of the cpu profile: the setting where the reference code was measured on this 2-core
 machine, so the two can be compared at equal budget: every method gets 300 iterations of 128 SPC-2 pairs (one epoch
 over a class-balanced 38,400-anchor subset) at eta 8, and is attacked on 256 queries. Per-iteration cost measured with
 benchmarks/train_speed.py (eta 8, trained c2f2, PGD precision `auto`: bf16 for HM/ACT/min-max, fp32 for EST):
@@ -95,7 +95,7 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(eta=2, epochs=1, batch_pairs=16, train_subset=32, val_subset=200, checkpoint_every=1,
                      queries=16, gallery=500, attack_steps=2, device="cpu"),
 }
-"""cpu: the spec 11.8 budget above (about 65 minutes). paper: spec section 10 (8 epochs of all anchors, eta 32, every test image
+"""cpu: the budget above (about 65 minutes). paper: the paper's protocol (8 epochs of all anchors, eta 32, every test image
 attacked). smoke: 2 iterations of 16 pairs per run and a 2-step attack on 16 queries, to prove the pipeline."""
 
 

@@ -6,7 +6,7 @@ Each row trains a fresh C2F2 (Adam, lr 1e-3) for --warmup + --iters SPC-2 batche
 last --iters: defense forward (mining, PGD, training forward) + backward + optimizer step. "PGD GFLOPS" counts the
 forward and input-gradient FLOPs of the PGD steps actually taken (torch's FlopCounterMode on one image) over the time
 spent inside PGD. The reference column holds the reference implementation's s/iter measured on the project's 2-core
-machine (spec 11.8 and the task brief); speedup = reference / ours.
+machine; speedup = reference / ours.
 
 The precision check trains a regular model for --check-iters batches, then attacks one batch with each adversarial
 defense in fp32 and in bf16 (same triplets) and compares the mean adversarial hardness after --check-eta steps.

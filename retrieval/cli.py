@@ -13,7 +13,7 @@ def report(
     runs: list[Path] = typer.Argument(..., help="Run directories evaluated with `robust-retrieval evaluate`."),
     out: Path = typer.Option(..., "-o", "--out", help="Directory for report.md/.json and the plots."),
 ) -> None:
-    """One table of several runs (spec column order) plus ERS-vs-cost, R@1-vs-ERS and per-run attack plots."""
+    """One table of several runs (the paper's column order) plus ERS-vs-cost, R@1-vs-ERS and per-run attack plots."""
     from retrieval.report import write_report
 
     for path in write_report(runs, out):

@@ -1,4 +1,4 @@
-"""Distances on the unit sphere (metric `N` of the spec): the one place that defines how far two embeddings are."""
+"""Distances on the unit sphere (metric `N`, docs/method.md#conventions): the one place that defines how far two embeddings are."""
 
 from __future__ import annotations
 

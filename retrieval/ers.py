@@ -1,4 +1,4 @@
-"""Empirical Robustness Score (spec section 8): ten attack values mapped to 0-100 scores, then averaged.
+"""Empirical Robustness Score (docs/method.md#empirical-robustness-score-ers): ten attack values mapped to 0-100 scores, then averaged.
 
 Inputs are in table units: percent for ranks and recalls, raw for TMA (a cosine) and ES:D (a distance in [0, 2]).
 Nothing is clipped, as in the reference: CA+/QA+ above 50 score above 100, and ES:D only makes sense for
@@ -25,13 +25,13 @@ _NORMALISE: dict[str, Callable[[float], float]] = {
 }
 
 ATTACK_KEYS: tuple[str, ...] = tuple(_NORMALISE)
-"""The ten measured values in the spec's column order."""
+"""The ten measured values in the paper's column order."""
 
 HIGHER_IS_MORE_ROBUST: dict[str, bool] = {
     "CA+": True, "CA-": False, "QA+": True, "QA-": False, "TMA": False,
     "ES:D": False, "ES:R": True, "LTM": True, "GTM": True, "GTT": True,
 }
-"""Which direction of each raw value means a more robust model (the arrows of the spec's tables)."""
+"""Which direction of each raw value means a more robust model (the arrows of the paper's tables)."""
 
 
 def ers_normalize(values: Mapping[str, float]) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Benign retrieval metrics (spec 9): query set = gallery = all test embeddings, each query's own entry excluded.
+"""Benign retrieval metrics (docs/method.md#benign-metrics): query set = gallery = all test embeddings, each query's own entry excluded.
 
 Rankings are computed in blocks of queries, so memory is bounded by block size x gallery size rather than N^2
 (a 60k-image SOP gallery fits). The query itself is forced to rank first before the first element is dropped; the
@@ -20,7 +20,7 @@ from retrieval.pgd import frozen
 
 RECALL_KS = (1, 2)
 FIXED_R = 10
-"""The reference's "mAP@R" fixes R = 10 (spec 9); reported here as mAP@10."""
+"""The reference's "mAP@R" fixes R = 10; reported here as mAP@10."""
 BLOCK_ELEMENTS = 1 << 22
 """Default distances per query block: ~4M, about 200 MB of sort and precision temporaries at peak."""
 

@@ -1,4 +1,4 @@
-"""Gather evaluated runs into one table (spec section 11 column order) and the robustness/cost plots.
+"""Gather evaluated runs into one table (the paper's column order) and the robustness/cost plots.
 
 A run is a directory with robustness.json (from `evaluate`) and, when present, metrics.json / config.json from
 training: they provide the method name ("method"), the paper's training cost eta + 1 ("paper_cost") and the
@@ -44,7 +44,7 @@ def load_run(path: str | Path) -> dict[str, Any]:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table in the spec's column order; missing values print as a dash."""
+    """A Markdown table in the paper's column order; missing values print as a dash."""
     head = ["run", "method", *COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
@@ -86,7 +86,7 @@ def write_report(runs: list[str | Path], out: str | Path) -> list[Path]:
 
 
 def plot_tradeoffs(rows: list[dict[str, Any]], ers_vs_cost: Path, r1_vs_ers: Path) -> list[Path]:
-    """The two comparison plots of spec section 11: ERS against training cost, and R@1 against ERS."""
+    """The two comparison plots of the paper: ERS against training cost, and R@1 against ERS."""
     return [
         _scatter(rows, "cost", "ERS", "training cost (eta + 1)", "ERS", ers_vs_cost),
         _scatter(rows, "ERS", "R@1", "ERS", "R@1 (%)", r1_vs_ers),

@@ -1,4 +1,4 @@
-"""Run every ERS attack over a query sample of the test split (spec section 7.1) and summarise the result.
+"""Run every ERS attack over a query sample of the test split (docs/method.md#ranking-attacks) and summarise the result.
 
 Gallery = benign embeddings of the whole test split; queries = its first `max_queries` images in test order,
 attacked in batches. Each value is the mean of per-batch means, as in the reference. Target selection and PGD

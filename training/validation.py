@@ -1,7 +1,7 @@
 """Per-epoch validation: benign retrieval metrics on the test split plus a collapse check.
 
-A collapsed model maps everything to (nearly) one point; adversarial training can drive it there (spec section 12,
-item 14). We flag it when the mean pairwise cosine of one validation batch exceeds 0.95 or R@1 is near chance.
+A collapsed model maps everything to (nearly) one point; adversarial training can drive it there (see
+docs/method.md#min-max-hmx2). We flag it when the mean pairwise cosine of one validation batch exceeds 0.95 or R@1 is near chance.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Ranking attacks of the Empirical Robustness Score, by name (spec section 7.2).
+"""Ranking attacks of the Empirical Robustness Score, by name (docs/method.md#ranking-attacks).
 
 Nine attacks report the ten values of the ERS table: ES reports both ES:D and ES:R from one run.
 Labels: LTM and GTM need query and gallery labels, ES needs them for ES:R only; CA+/CA-/QA+/QA-/TMA/GTT and

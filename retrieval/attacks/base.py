@@ -1,4 +1,4 @@
-"""The shared shape of every ranking attack (spec section 7): pick targets, run the one PGD engine, measure.
+"""The shared shape of every ranking attack (docs/method.md#ranking-attacks): pick targets, run the one PGD engine, measure.
 
 An attack is built once per gallery (benign embeddings held in memory, e.g. the vectors of a FAISS index) and
 called on batches of images. Each subclass supplies two things: `select` (targets drawn with the attack's seeded

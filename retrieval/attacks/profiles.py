@@ -1,4 +1,4 @@
-"""Attack budgets of the Empirical Robustness Score (spec section 7.1) as PGD configurations."""
+"""Attack budgets of the Empirical Robustness Score (docs/method.md#ranking-attacks) as PGD configurations."""
 
 from __future__ import annotations
 

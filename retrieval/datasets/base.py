@@ -70,7 +70,7 @@ class TensorImageDataset(ImageDataset):
 class FileImageDataset(ImageDataset):
     """Image files decoded on access; `transform` maps the decoded PIL image to a tensor (eval transform by default).
 
-    Training may swap in `retrieval.images.train_transform(size)` for spec 1.2 augmentation.
+    Training may swap in `retrieval.images.train_transform(size)` for the reference's augmentation.
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Cars196 (Stanford Cars, the `car_ims.tgz` + `cars_annos.mat` release): classes 1-98 train, 99-196 test (spec 9).
+"""Cars196 (Stanford Cars, the `car_ims.tgz` + `cars_annos.mat` release): classes 1-98 train, 99-196 test (the paper's split).
 
 ROOT holds cars_annos.mat and car_ims/; the .mat file lists every image with its class, and the dataset's own
 train/test flag is ignored because retrieval splits by class. Read with scipy, which scikit-learn already requires.

@@ -1,4 +1,4 @@
-"""CUB-200-2011 (standard release layout): classes 1-100 train, 101-200 test (spec 9).
+"""CUB-200-2011 (standard release layout): classes 1-100 train, 101-200 test (the paper's split).
 
 ROOT is the CUB_200_2011 folder (images.txt, image_class_labels.txt, images/) or its parent.
 """

@@ -1,4 +1,4 @@
-"""Stanford Online Products: Ebay_train.txt / Ebay_test.txt (image_id class_id super_class_id path), spec 9.
+"""Stanford Online Products: Ebay_train.txt / Ebay_test.txt (image_id class_id super_class_id path).
 
 ROOT is the Stanford_Online_Products folder; paths in the lists are relative to it.
 """

@@ -1,4 +1,4 @@
-"""ERS reproduces the spec's worked examples and every table row of spec section 11."""
+"""ERS reproduces the worked example of docs/method.md and every published table row."""
 
 from __future__ import annotations
 

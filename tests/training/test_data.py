@@ -1,4 +1,4 @@
-"""SPC-2 batch plans (spec 2.1), the class-balanced subset and the batch loaders."""
+"""SPC-2 batch plans (docs/method.md#spc-2-batches), the class-balanced subset and the batch loaders."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Behaviour of the training defenses (spec sections 4-6, 14) on a tiny embedding network and a tiny SPC-2 batch."""
+"""Behaviour of the training defenses (docs/method.md) on a tiny embedding network and a tiny SPC-2 batch."""
 
 from __future__ import annotations
 

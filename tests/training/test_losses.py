@@ -1,4 +1,4 @@
-"""Triplet hardness and loss (spec 3) and the ICS loss (spec 5) against hand-computed values and torch."""
+"""Triplet hardness and loss and the ICS loss (docs/method.md) against hand-computed values and torch."""
 
 from __future__ import annotations
 

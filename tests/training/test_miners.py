@@ -1,4 +1,4 @@
-"""SPC-2 miners (spec 2.2): triplet invariants, each miner's rule checked by brute force, every fallback forced."""
+"""SPC-2 miners (docs/method.md#miners): triplet invariants, each miner's rule checked by brute force, every fallback forced."""
 
 from __future__ import annotations
 

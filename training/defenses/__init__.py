@@ -1,16 +1,16 @@
-"""Training strategies (spec sections 4-6): every method of the paper is one DefenseConfig, built by build_defense.
+"""Training strategies (docs/method.md): every method of the paper is one DefenseConfig, built by build_defense.
 
 `DefenseConfig.reference = True` reproduces the reference implementation instead of the intended behaviour. It
 changes exactly these things:
 
 * Miners are built with `reference=True`: no clamp before the sqrt of the distance matrix (duplicates can give NaN)
-  and Softhard may return the anchor as its own positive (spec 2.2).
-* ACT, EST and min-max call their miner with margin 1.0 instead of `margin` (spec 12.7; matters for Semihard only).
+  and Softhard may return the anchor as its own positive.
+* ACT, EST and min-max call their miner with margin 1.0 instead of `margin` (matters for Semihard only).
 * LGA (and g_B) keep the previous adversarial loss per process instead of averaging it over DDP ranks, and LGA's
-  destination is -0.2 * l / u with the hard-coded 0.2 instead of -margin * l / u (spec 12.3).
-* Min-max on C2F2 overrides eta with 7 (spec 6.3).
+  destination is -0.2 * l / u with the hard-coded 0.2 instead of -margin * l / u.
+* Min-max on C2F2 overrides eta with 7.
 * EST makes the reference's extra no-grad "logging" forward in train mode, which updates BatchNorm running
-  statistics of models whose BatchNorm is training (spec 6.1).
+  statistics of models whose BatchNorm is training. (User-facing list: docs/method.md#reference-quirks.)
 
 Everything else is shared: no random start, no benign term, eval mode during PGD, FGSM step eps when eta = 1, HM's
 early stop at 1e-7 and its per-copy perturbation of images that appear in several roles.
@@ -28,6 +28,7 @@ from training.defenses.hm import HardnessManipulation
 from training.defenses.lga import parse_constant
 from training.defenses.minmax import MAX_HARDNESS, MinMax
 from training.defenses.none import Regular
+from training.defenses.replayed_hm import ReplayedHM
 from training.defenses.validate import validate
 
 REGISTRY: dict[str, type[Defense]] = {
@@ -36,15 +37,18 @@ REGISTRY: dict[str, type[Defense]] = {
     "act": AntiCollapse,
     "minmax": MinMax,
     "hm": HardnessManipulation,
+    "hm+free": ReplayedHM,
 }
 
 
 def build_defense(cfg: DefenseConfig, *, generator: torch.Generator | None = None) -> Defense:
-    """The defense for a validated config. HM with the constant destination 2 is the dedicated min-max (spec 6.3)."""
+    """The defense for a validated config. HM with the constant destination 2 is the dedicated min-max."""
     validate(cfg)
     kind = cfg.defense
     if kind == "hm" and parse_constant(cfg.destination) == MAX_HARDNESS:
         kind = "minmax"
+    elif kind == "hm" and cfg.replays > 1:
+        kind = "hm+free"
     return REGISTRY[kind](cfg, generator=generator)
 
 

@@ -1,4 +1,4 @@
-"""ACT[X], Anti-Collapse Triplet (spec section 6.2): the adversary pulls positive and negative together.
+"""ACT[X], Anti-Collapse Triplet (docs/method.md#act): the adversary pulls positive and negative together.
 
 Anchors stay clean.
 

@@ -26,11 +26,11 @@ from training.defenses.config import DefenseConfig
 
 DEFAULT_STEPS = 32
 SMALL_INPUT = 64
-"""Inputs up to this size get the 28x28 budget of spec section 10 (77/255, 3/255); larger ones the 224x224 budget."""
+"""Inputs up to this size get the paper's 28x28 budget (77/255, 3/255); larger ones the 224x224 budget."""
 SMALL_BUDGET = (77 / 255, 3 / 255)
 LARGE_BUDGET = (8 / 255, 1 / 255)
 REFERENCE_MINER_MARGIN = 1.0
-"""The reference calls the miner with the Euclidean margin for ACT, EST and min-max (spec 12.7)."""
+"""The reference calls the miner with the Euclidean margin for ACT, EST and min-max (docs/method.md#reference-quirks)."""
 
 Stats = dict[str, float]
 
@@ -38,6 +38,10 @@ Stats = dict[str, float]
 class Defense:
     """One training method. Subclasses implement `__call__`; state (e.g. LGA's previous loss) goes in state_dict."""
 
+    trains_batchnorm: ClassVar[bool] = False
+    """Whether BatchNorm trains in batch-statistics mode; otherwise it stays frozen on its running statistics."""
+    replays: int = 1
+    """Updates per batch: the trainer calls the defense (and steps the optimiser) this many times per batch."""
     bf16_safe: ClassVar[bool] = True
     """Whether precision `auto` may run this defense's PGD in bf16 (measured in benchmarks/train_speed.py)."""
 
@@ -53,7 +57,7 @@ class Defense:
         raise NotImplementedError
 
     def paper_cost(self) -> int:
-        """The paper's training cost eta + 1 (forward+backward passes per iteration, spec 10.1)."""
+        """The paper's training cost eta + 1 (forward+backward passes per iteration, docs/method.md#training-budgets-and-cost)."""
         return self.eta + 1
 
     def state_dict(self) -> dict:
@@ -63,7 +67,7 @@ class Defense:
         """Stateless by default."""
 
     def budget(self, model: nn.Module) -> tuple[float, float]:
-        """(eps, alpha): the configured values, or spec section 10's defaults for the model's input size."""
+        """(eps, alpha): the configured values, or the paper's defaults for the model's input size."""
         small = unwrap(model).input_size <= SMALL_INPUT
         eps, alpha = SMALL_BUDGET if small else LARGE_BUDGET
         return (
@@ -78,14 +82,14 @@ class Defense:
         return "bf16" if self.bf16_safe and not self.cfg.reference and bf16_is_fast(device) else "fp32"
 
     def attack(self, model: nn.Module, x: torch.Tensor, objective, *, early_stop_tol: float | None = None) -> PGDResult:
-        """PGD without random start (spec 12.5) at this defense's budget, eta steps and precision."""
+        """PGD without random start (docs/method.md#pgd) at this defense's budget, eta steps and precision."""
         eps, alpha = self.budget(model)
         cfg = PGDConfig(eps, alpha, self.eta, early_stop_tol=early_stop_tol, precision=self.precision(x.device))
         return pgd(model, x, objective, cfg, generator=self.generator)
 
 
 def clean_embeddings(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Embeddings for mining: eval mode, no gradients of any kind (spec 4.2 step 1)."""
+    """Embeddings for mining: eval mode, no gradients of any kind (HM's step 1)."""
     with frozen(model) as net, torch.no_grad():
         return net(images)
 

@@ -1,4 +1,4 @@
-"""DefenseConfig: every training method of the paper as one explicit configuration (spec sections 4-6, 10)."""
+"""DefenseConfig: every training method of the paper as one explicit configuration (docs/method.md#baselines)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,11 @@ class DefenseConfig:
     """g_B boost: H_D = H_miner + xi * (1 - normalised previous loss)."""
     ics: float = 0.0
     """ICS weight lambda (0 = off)."""
+    replays: int = 1
+    """HM only: replay each batch this many times ("free" adversarial training); each replay is one forward whose
+    embeddings give both the training loss and the HM objective, and the perturbation carries over between replays."""
     pgd_steps: int | None = None
-    """Training PGD steps eta; None = the default of spec section 10 (32)."""
+    """Training PGD steps eta; None = the paper's default (32)."""
     eps: float | None = None
     """L-inf budget; None = 77/255 for 28x28 inputs, 8/255 for 224x224."""
     alpha: float | None = None
@@ -29,7 +32,7 @@ class DefenseConfig:
     """LGA clip u (= margin)."""
     margin: float = 0.2
     reference: bool = False
-    """Reproduce the reference implementation's quirks (spec sections 2.2, 4.2, 12) for comparable numbers."""
+    """Reproduce the reference implementation's quirks (docs/method.md#reference-quirks) for comparable numbers."""
     precision: str = "auto"
     """PGD precision inside the defense: auto | fp32 | bf16. auto = bf16 autocast where the hardware runs it fast
     and benchmarks/train_speed.py showed it leaves the adversary as strong (HM, ACT, min-max), else fp32 (EST, and

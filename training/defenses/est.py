@@ -1,4 +1,4 @@
-"""EST[X], Embedding-Shifted Triplet (spec section 6.1): shift every image's embedding as far as possible, then mine.
+"""EST[X], Embedding-Shifted Triplet (docs/method.md#est): shift every image's embedding as far as possible, then mine.
 
 PGD runs on all 2N images independently, minimising -d(e(x~), e(x)); miner X then runs on the *adversarial*
 embeddings and the loss is their triplet loss. The reference embedding gets 1e-7 * {-1, 0, 1} noise so the distance
@@ -21,6 +21,8 @@ REFERENCE_NOISE = 1e-7
 
 class EmbeddingShift(Defense):
     bf16_safe = False  # bf16 moved its adversarial hardness by 0.04 against fp32 (limit 0.01), so `auto` keeps fp32
+    trains_batchnorm = True  # the published EST baseline trains BatchNorm on batch statistics (frozen elsewhere)
+
     def __init__(self, cfg: DefenseConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, generator=generator)
         margin = REFERENCE_MINER_MARGIN if cfg.reference else cfg.margin

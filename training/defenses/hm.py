@@ -1,4 +1,4 @@
-"""Hardness Manipulation HM[source, destination] with optional ICS (spec sections 4 and 5).
+"""Hardness Manipulation HM[source, destination] with optional ICS (docs/method.md#hardness-manipulation-hm).
 
 Per iteration: mine source triplets on the clean batch (eval mode, no grad), compute the destination hardness H_D per
 triplet, then PGD on the 3N image copies [a; p; n] (an image in several roles is perturbed independently per copy)
@@ -7,7 +7,7 @@ triplets, plus lambda * ICS when on.
 
 Triplets whose clean hardness already reaches H_D get exactly zero gradient, so they never move: they are left out of
 the PGD batch altogether (with the early-stop tolerance rescaled by N/k, the k moving triplets follow exactly the
-steps they would take in the full batch). HM[X, X] is regular training with miner X and skips PGD (spec 4.2 step 4).
+steps they would take in the full batch). HM[X, X] is regular training with miner X and skips PGD.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from training.losses import hardness, ics_loss, triplet_loss
 from training.miners import get_miner
 
 EARLY_STOP_TOL = 1e-7
-"""Stop when the mean HM objective changes by less than this between two steps (spec 4.2)."""
+"""Stop when the mean HM objective changes by less than this between two steps (the reference's rule)."""
 
 
 def hm_objective(target: torch.Tensor):

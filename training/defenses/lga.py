@@ -1,4 +1,4 @@
-"""Destination hardness H_D for Hardness Manipulation (spec sections 4.2-4.3).
+"""Destination hardness H_D for Hardness Manipulation (docs/method.md#destinations).
 
 A destination turns the clean batch and the source anchors into a per-triplet target hardness, and may learn from
 the previous iteration's adversarial loss:

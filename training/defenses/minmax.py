@@ -1,4 +1,4 @@
-"""Direct min-max HM[X, 2] (spec section 6.3): maximise every triplet's hardness.
+"""Direct min-max HM[X, 2] (docs/method.md#min-max-hmx2): maximise every triplet's hardness.
 
 No hinge, no destination, no early stop.
 
@@ -18,7 +18,7 @@ from training.losses import hardness
 
 MAX_HARDNESS = 2.0
 REFERENCE_C2F2_STEPS = 7
-"""The reference C2F2 min-max overrides eta to 7 ("larger eta collapses", spec 6.3)."""
+"""The reference C2F2 min-max overrides eta to 7 ("larger eta collapses")."""
 
 
 def maximise_hardness(z: torch.Tensor) -> torch.Tensor:

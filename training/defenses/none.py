@@ -1,4 +1,4 @@
-"""Regular training N/A[X] (spec section 3): clean forward, miner X on the embeddings, triplet loss."""
+"""Regular training N/A[X] (docs/method.md#triplet-loss-and-hardness): clean forward, miner X on the embeddings, triplet loss."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from training.defenses.lga import parse_constant
 from training.miners import LETTERS, MINERS
 
 ICS_DEFENSES = ("hm", "minmax")
-"""ICS needs an adversarial anchor (spec 5): regular training, EST's re-mined batch and ACT have none."""
+"""ICS needs an adversarial anchor (docs/method.md#intra-class-structure-loss-ics): regular training, EST's re-mined batch and ACT have none."""
 
 
 def check_miner(text: str, what: str) -> None:
@@ -40,6 +40,10 @@ def validate(cfg: DefenseConfig) -> None:
         raise UserError(f"ICS weight must be >= 0, got {cfg.ics:g}")
     if cfg.ics and cfg.defense not in ICS_DEFENSES:
         raise UserError(f"ICS needs an adversarial anchor: use it with HM, not {cfg.defense}")
+    if cfg.replays < 1:
+        raise UserError(f"replays must be >= 1, got {cfg.replays}")
+    if cfg.replays > 1 and cfg.defense != "hm":
+        raise UserError(f"replaying batches (free adversarial training) is for HM, not {cfg.defense}")
     if cfg.pgd_steps is not None and cfg.pgd_steps < 1:
         raise UserError(f"PGD steps must be >= 1, got {cfg.pgd_steps}")
     for name in ("eps", "alpha"):

@@ -1,4 +1,4 @@
-"""Intra-Class Structure loss (spec section 5): keep the adversarial anchor no farther than the positive."""
+"""Intra-Class Structure loss (docs/method.md#intra-class-structure-loss-ics): keep the adversarial anchor no farther than the positive."""
 
 from __future__ import annotations
 

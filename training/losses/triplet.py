@@ -1,4 +1,4 @@
-"""Triplet hardness and the triplet margin loss on normalised embeddings (spec section 3)."""
+"""Triplet hardness and the triplet margin loss on normalised embeddings (docs/method.md#triplet-loss-and-hardness)."""
 
 from __future__ import annotations
 

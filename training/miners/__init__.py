@@ -1,4 +1,4 @@
-"""SPC-2 triplet miners (spec section 2.2), by name or by the paper's letter."""
+"""SPC-2 triplet miners (docs/method.md#miners), by name or by the paper's letter."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Miner base class and the vectorised sampling helpers shared by the SPC-2 miners (spec section 2.2)."""
+"""Miner base class and the vectorised sampling helpers shared by the SPC-2 miners (docs/method.md#miners)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class Miner:
 
     @staticmethod
     def first_nonempty(*masks: torch.Tensor) -> torch.Tensor:
-        """Per row, the first mask that has any True entry in that row (the spec's fallback chains)."""
+        """Per row, the first mask that has any True entry in that row (the miners' fallback chains)."""
         chosen = masks[-1]
         for mask in reversed(masks[:-1]):
             chosen = torch.where(mask.any(dim=1, keepdim=True), mask, chosen)

@@ -13,7 +13,7 @@ class SofthardMiner(Miner):
 
     Fallbacks: negative -> any other-label image; positive -> any other same-label image. The reference's positive
     fallback draws from all same-label images *including the anchor itself* (a trivially easy triplet with
-    d(a,p) = 0, spec 2.2 / 12.8); `reference=True` keeps that, the default excludes the anchor (and uses the partner
+    d(a,p) = 0, docs/method.md#reference-quirks); `reference=True` keeps that, the default excludes the anchor (and uses the partner
     if nothing else is left). A batch without other labels gets the partner and a uniform negative over the batch.
     """
 

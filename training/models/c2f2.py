@@ -1,4 +1,4 @@
-"""C2F2: the small 28x28 convolutional embedding network of the reference (spec section 1.3)."""
+"""C2F2: the small 28x28 convolutional embedding network of the reference implementation."""
 
 from __future__ import annotations
 
@@ -37,5 +37,5 @@ class C2F2(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: float [N, 1, 28, 28] in [0, 1] (no mean/std normalisation, spec 1.2)."""
+        """x: float [N, 1, 28, 28] in [0, 1] (no mean/std normalisation)."""
         return normalize(self.head(self.features(x)))

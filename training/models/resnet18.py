@@ -1,4 +1,4 @@
-"""ResNet-18 embedding network for 224x224 images (spec section 1.4)."""
+"""ResNet-18 embedding network for 224x224 images (ImageNet-initialised, as the paper)."""
 
 from __future__ import annotations
 
