@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.fashion_mnist]
 
 CLI = [sys.executable, "-m", "serve.cli"]
 TRAIN = [
