@@ -2,6 +2,7 @@
 
 Image files are read once: the same bytes are hashed (metadata `sha256`) and decoded by retrieval.images, so the
 hash always describes exactly what was embedded. In-memory datasets (the MNISTs) hash their uint8 pixel bytes.
+With `thumbnails=True` each kept item also gets its preview (retrieval.thumbnails) from those same decoded pixels.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import torch
 from retrieval.datasets import ImageDataset
 from retrieval.embedder import OnnxEmbedder
 from retrieval.errors import UserError
-from retrieval.images import ImageError, decode_image, is_image_file, sha256_bytes
+from retrieval.images import ImageError, eval_transform, is_image_file, open_image, sha256_bytes
 from retrieval.index import metadata_table
+from retrieval.thumbnails import encode, encode_pixels
 
 Progress = Callable[[int], None]
 
@@ -38,6 +40,8 @@ class GalleryItems:
     metadata: pa.Table
     skipped: list[Skipped] = field(default_factory=list)
     already_indexed: int = 0
+    thumbnails: list[bytes] | None = None
+    """One encoded preview per kept item when asked for, else None."""
 
 
 def image_files(directory: str | Path) -> list[Path]:
@@ -55,15 +59,15 @@ def embed_dataset(
     strict: bool = False,
     known_sha256: frozenset[str] = frozenset(),
     progress: Progress | None = None,
+    thumbnails: bool = False,
 ) -> GalleryItems:
     """Embed a whole split; labels come from the dataset, sources from dataset.source(i)."""
     images = dataset.tensors()
     labels = dataset.labels.tolist()
     if images is None:  # file-backed: go through the same checked path as --images
         sources = [dataset.source(i) for i in range(len(dataset))]
-        return embed_files(
-            sources, embedder, labels=labels, strict=strict, known_sha256=known_sha256, progress=progress
-        )
+        return embed_files(sources, embedder, labels=labels, strict=strict, known_sha256=known_sha256,
+                           progress=progress, thumbnails=thumbnails)
     pixels = images.mul(255).round_().to(torch.uint8)
     hashes = [sha256_bytes(p.numpy().tobytes()) for p in pixels]
     keep = [i for i, h in enumerate(hashes) if h not in known_sha256]
@@ -72,7 +76,8 @@ def embed_dataset(
     step = embedder.batch_size
     vectors = _embed_batches(embedder, (images[keep[s : s + step]] for s in range(0, len(keep), step)), progress)
     metadata = metadata_table([dataset.source(i) for i in keep], [hashes[i] for i in keep], [labels[i] for i in keep])
-    return GalleryItems(vectors, metadata, already_indexed=len(dataset) - len(keep))
+    previews = [encode_pixels(pixels[i].numpy()) for i in keep] if thumbnails else None
+    return GalleryItems(vectors, metadata, already_indexed=len(dataset) - len(keep), thumbnails=previews)
 
 
 def embed_files(
@@ -84,31 +89,34 @@ def embed_files(
     known_sha256: frozenset[str] = frozenset(),
     progress: Progress | None = None,
     workers: int = 4,
+    thumbnails: bool = False,
 ) -> GalleryItems:
     """Read, hash and decode files in parallel batches; unreadable ones are skipped with a reason (fatal if strict)."""
     channels, size = embedder.input_shape[0], embedder.input_shape[1]
     skipped: list[Skipped] = []
     already_indexed = 0
-    kept_sources, kept_hashes, kept_labels = [], [], []
+    kept_sources, kept_hashes, kept_labels, kept_previews = [], [], [], []
     chunks = [np.empty((0, embedder.dim), np.float32)]
 
-    def load(path: str | Path) -> tuple[str, torch.Tensor | None, str]:
+    def load(path: str | Path) -> tuple[str, torch.Tensor | None, bytes, str]:
+        """(sha256, model input or None when already indexed or unreadable, preview, reason it was skipped)."""
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
-            return "", None, f"cannot read file ({exc.strerror or type(exc).__name__})"
+            return "", None, b"", f"cannot read file ({exc.strerror or type(exc).__name__})"
         digest = sha256_bytes(data)
         if digest in known_sha256:
-            return digest, None, ""
+            return digest, None, b"", ""
         try:
-            return digest, decode_image(data, size=size, channels=channels), ""
+            image = open_image(data, channels=channels)
         except ImageError as exc:
-            return digest, None, str(exc).removeprefix("image: ")
+            return digest, None, b"", str(exc).removeprefix("image: ")
+        return digest, eval_transform(size)(image), encode(image) if thumbnails else b"", ""
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(paths), embedder.batch_size):
             batch, tensors = paths[start : start + embedder.batch_size], []
-            for offset, (path, (digest, tensor, reason)) in enumerate(zip(batch, pool.map(load, batch))):
+            for offset, (path, (digest, tensor, preview, reason)) in enumerate(zip(batch, pool.map(load, batch))):
                 if reason and strict:
                     raise UserError(f"{path}: {reason} (drop --strict to skip unreadable images)")
                 if reason:
@@ -120,12 +128,14 @@ def embed_files(
                     kept_sources.append(str(path))
                     kept_hashes.append(digest)
                     kept_labels.append(None if labels is None else labels[start + offset])
+                    kept_previews.append(preview)
             if tensors:
                 chunks.append(embedder.embed(torch.stack(tensors)))
             if progress:
                 progress(len(batch))
     metadata = metadata_table(kept_sources, kept_hashes, kept_labels)
-    return GalleryItems(np.concatenate(chunks), metadata, skipped, already_indexed)
+    return GalleryItems(np.concatenate(chunks), metadata, skipped, already_indexed,
+                        kept_previews if thumbnails else None)
 
 
 def _embed_batches(embedder: OnnxEmbedder, batches: Iterator[torch.Tensor], progress: Progress | None) -> np.ndarray:

@@ -39,6 +39,7 @@ from retrieval.atomic import atomic_path, atomic_write_json
 from retrieval.bundle import read_json, verify_manifest, write_manifest
 from retrieval.errors import UserError
 from retrieval.generations import publish, resolve_current
+from retrieval.thumbnails import FILES as THUMBNAIL_FILES, MAX_SIDE as THUMBNAIL_MAX_SIDE, Thumbnails
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf-pq")
 FLAT_MAX_BYTES = 32 << 20
@@ -100,12 +101,16 @@ def metadata_table(source: Sequence[str], sha256: Sequence[str], label: Sequence
 
 
 class GalleryIndex:
-    """A FAISS index, one metadata row per vector (row i <-> FAISS id i) and the facts in index_info.json."""
+    """A FAISS index, one metadata row per vector (row i <-> FAISS id i), the facts in index_info.json and, unless
+    built without, one preview image per item (retrieval.thumbnails)."""
 
-    def __init__(self, index: faiss.Index, metadata: pa.Table, info: dict[str, Any]) -> None:
+    def __init__(
+        self, index: faiss.Index, metadata: pa.Table, info: dict[str, Any], thumbnails: Thumbnails | None = None
+    ) -> None:
         self.index = index
         self.metadata = metadata
         self.info = info
+        self.thumbnails = thumbnails
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -131,13 +136,16 @@ class GalleryIndex:
         *,
         model_sha256: str | None = None,
         memory: int | None = None,
+        thumbnails: Sequence[bytes] | None = None,
     ) -> GalleryIndex:
-        """Train (if needed), add, tune search parameters to the recall target and measure recall and latency."""
+        """Train (if needed), add, tune search parameters to the recall target and measure recall and latency.
+
+        `thumbnails` (one encoded preview per row) are stored with the index; None builds it without previews."""
         vectors = _prepare(vectors)
         n, dim = vectors.shape
         if n == 0:
             raise UserError("cannot build an index from an empty gallery")
-        _check_rows(metadata, n)
+        _check_rows(metadata, n, thumbnails)
         if index_type not in INDEX_TYPES:
             raise UserError(f"unknown index type {index_type!r}; choose one of: {', '.join(INDEX_TYPES)}")
         chosen = choose_index_type(n, dim, memory) if index_type == "auto" else index_type
@@ -158,7 +166,8 @@ class GalleryIndex:
             "build_seconds": round(time.perf_counter() - start, 3),
             **params,
         }
-        gallery = cls(index, metadata.set_column(0, "id", pa.array(np.arange(n), pa.int64())), info)
+        previews = None if thumbnails is None else Thumbnails.from_items(thumbnails)
+        gallery = cls(index, metadata.set_column(0, "id", pa.array(np.arange(n), pa.int64())), info, previews)
         gallery._measure(vectors)
         return gallery
 
@@ -176,10 +185,22 @@ class GalleryIndex:
         """Metadata of the given FAISS ids (-1 paddings skipped), in order."""
         return self.metadata.take(pa.array([i for i in ids if i >= 0], pa.int64())).to_pylist()
 
-    def append(self, vectors: np.ndarray, metadata: pa.Table, *, model_sha256: str | None = None) -> None:
-        """Add items without retraining; refuses (UserError with the reason) where that would degrade the index."""
+    def append(
+        self,
+        vectors: np.ndarray,
+        metadata: pa.Table,
+        *,
+        model_sha256: str | None = None,
+        thumbnails: Sequence[bytes] | None = None,
+    ) -> None:
+        """Add items without retraining; refuses (UserError with the reason) where that would degrade the index.
+
+        New items bring `thumbnails` exactly when the index has them, so every item of an index has a preview or
+        none does."""
         vectors = _prepare(vectors, self.dim)
-        _check_rows(metadata, len(vectors))
+        _check_rows(metadata, len(vectors), thumbnails)
+        if (thumbnails is None) != (self.thumbnails is None):
+            raise ValueError("appended items must have thumbnails exactly when the index has them")
         if model_sha256 is not None and self.model_sha256 not in (None, model_sha256):
             raise UserError("cannot append: the index was built with another model; rebuild it without --append")
         if self.index_type == "ivf-pq":
@@ -194,19 +215,28 @@ class GalleryIndex:
         self.index.add(vectors)
         ids = pa.array(np.arange(first, first + len(vectors)), pa.int64())
         self.metadata = pa.concat_tables([self.metadata, metadata.set_column(0, "id", ids)])
+        if self.thumbnails is not None:
+            self.thumbnails = self.thumbnails.extended(thumbnails)
         self.info["appended"] = int(self.info.get("appended", 0)) + len(vectors)
         self._measure(self._reconstruct())
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Publish a new immutable generation under `directory` and point CURRENT at it; returns the generation."""
+        previews = self.thumbnails
+        self.info["thumbnails"] = (
+            None if previews is None else {"max_side": THUMBNAIL_MAX_SIDE, "bytes": previews.nbytes}
+        )
 
         def write(staging: Path) -> None:
             with atomic_path(staging / INDEX_FILE) as tmp:
                 faiss.write_index(self.index, str(tmp))
             with atomic_path(staging / METADATA_FILE) as tmp:
                 pq.write_table(self.metadata, tmp)
+            if previews is not None:
+                previews.write(staging)
             atomic_write_json(staging / INFO_FILE, {"count": len(self), **self.info})
-            write_manifest(staging, (INDEX_FILE, METADATA_FILE, INFO_FILE), model_sha256=self.model_sha256)
+            files = (INDEX_FILE, METADATA_FILE, INFO_FILE) + (THUMBNAIL_FILES if previews is not None else ())
+            write_manifest(staging, files, model_sha256=self.model_sha256)
 
         return publish(directory, write)
 
@@ -230,9 +260,15 @@ class GalleryIndex:
             raise UserError(f"index {generation} is unreadable: {exc}") from None
         if index.ntotal != metadata.num_rows or index.ntotal != info.get("count"):
             raise UserError(f"index {generation} is inconsistent: vectors, metadata rows and info count differ")
+        thumbnails = None
+        if set(THUMBNAIL_FILES) <= set(manifest.get("files", {})):  # only files the manifest vouches for
+            thumbnails = Thumbnails.load(generation)
+            if len(thumbnails) != index.ntotal:
+                raise UserError(f"index {generation} is inconsistent: {len(thumbnails)} thumbnails for "
+                                f"{index.ntotal} items")
         quality.apply_params(index, info.get("search_params", {}))
         info.pop("count")
-        return cls(index, metadata, info)
+        return cls(index, metadata, info, thumbnails)
 
     def _measure(self, vectors: np.ndarray) -> None:
         """Tune search parameters on a leave-one-out sample, then record recall@10 and per-query latency."""
@@ -303,9 +339,11 @@ def _prepare(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
     return vectors
 
 
-def _check_rows(metadata: pa.Table, n: int) -> None:
+def _check_rows(metadata: pa.Table, n: int, thumbnails: Sequence[bytes] | None = None) -> None:
     if metadata.num_rows != n:
         raise ValueError(f"{metadata.num_rows} metadata rows for {n} vectors")
+    if thumbnails is not None and len(thumbnails) != n:
+        raise ValueError(f"{len(thumbnails)} thumbnails for {n} vectors")
     if metadata.schema != METADATA_SCHEMA:
         raise ValueError("metadata must come from metadata_table()")
 

@@ -21,7 +21,7 @@ from serve.middleware.body_limit import BodyLimitMiddleware
 from serve.middleware.catch_all import CatchAllMiddleware
 from serve.middleware.metrics import MetricsMiddleware
 from serve.middleware.request_id import RequestIdMiddleware
-from serve.routes import admin, health, probe, search
+from serve.routes import admin, health, items, page, probe, search
 from serve.settings import Settings
 from serve.state import ServiceState
 
@@ -52,8 +52,9 @@ def create_app(settings: Settings, *, loader: Loader = default_loader) -> FastAP
     app = FastAPI(title="robust-retrieval", version="0.1.0", lifespan=lifespan,
                   description="Image retrieval over a FAISS gallery with live adversarial robustness probes.")
     install_error_handlers(app)
-    for module in (search, probe, health, admin):
+    for module in (search, probe, health, admin, items, page):
         app.include_router(module.router)
+    app.mount("/static", page.static_files(), name="static")
     app.add_middleware(BodyLimitMiddleware, limit_for=lambda path: _body_limit(settings, path))
     app.add_middleware(CatchAllMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -88,6 +88,7 @@ def run_probe(engine: Engine, image: torch.Tensor, req: ProbeRequest) -> ProbeRe
         embedding_shift=float(np.linalg.norm(adv_emb[0] - clean_emb[0])),
         attack_value=value, flip=flip,
         adversarial_image_png=_png_base64(x_adv) if req.return_image else None,
+        clean_image_png=_png_base64(image) if req.return_image else None,
         model_id=engine.model_id, index_id=engine.index_id,
         took_ms=(time.perf_counter() - start) * 1000,
     )

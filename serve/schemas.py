@@ -66,6 +66,7 @@ class ProbeResponse(BaseModel):
     attack_value: float = Field(description="The attack's own reported value (see the attack engine).")
     flip: FlipSearch
     adversarial_image_png: str | None = Field(None, description="Base64 PNG of the adversarial image when asked for.")
+    clean_image_png: str | None = Field(None, description="Base64 PNG of the query as the model saw it, when asked for.")
     model_id: str
     index_id: str
     took_ms: float
@@ -89,6 +90,8 @@ class IndexInfo(BaseModel):
     count: int
     dim: int
     metric: str
+    type: str | None = Field(None, description="FAISS index type: flat, hnsw or ivf-pq.")
+    thumbnails: bool = Field(False, description="Whether GET /items/{id}/thumbnail can serve previews.")
 
 
 class InfoResponse(BaseModel):

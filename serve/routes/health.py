@@ -37,7 +37,8 @@ async def info(request: Request) -> InfoResponse:
         method=config.get("method"), eps=config.get("eps"), recall_at_1=config.get("R@1"), ers=config.get("ERS"),
     )
     index = IndexInfo(id=engine.index_id, count=engine.count, dim=engine.bundle.embedding_dim,
-                      metric=config.get("metric", "N"))
+                      metric=config.get("metric", "N"), type=engine.index.index_type,
+                      thumbnails=engine.index.thumbnails is not None)
     return InfoResponse(model=model, index=index, probe_enabled=state.settings.enable_probe,
                         attacks=list(PROBE_ATTACKS))
 

@@ -13,6 +13,7 @@ from retrieval.datasets import load_dataset
 from retrieval.index import GalleryIndex, metadata_table
 from retrieval.embedder import OnnxEmbedder
 from retrieval.images import sha256_bytes
+from retrieval.thumbnails import encode_pixels
 from training.export import export_bundle
 from training.losses.triplet import triplet_loss
 from training.models import build_model
@@ -63,7 +64,8 @@ def write_index(bundle_dir: Path, images: torch.Tensor, labels: torch.Tensor, ou
     bundle = Bundle.load(bundle_dir)
     vectors = OnnxEmbedder(bundle).embed(images)
     table = metadata_table(sources, [sha256_bytes(s.encode()) for s in sources], labels.tolist())
-    GalleryIndex.build(vectors, table, "flat", model_sha256=bundle.model_sha256).save(out)
+    previews = [encode_pixels(p) for p in images.mul(255).round().to(torch.uint8).numpy()]  # as `index` does
+    GalleryIndex.build(vectors, table, "flat", model_sha256=bundle.model_sha256, thumbnails=previews).save(out)
 
 
 def _train(images: torch.Tensor, labels: torch.Tensor, steps: int, embedding_dim: int) -> torch.nn.Module:
