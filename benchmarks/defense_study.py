@@ -85,6 +85,11 @@ class Profile:
     attack_steps: int | None
     """PGD steps of the evaluation attacks (None: rob28's 32)."""
     device: str
+    time_budget: float | None = None
+    """Equal wall-clock profiles: training seconds per method (a fine-tuned run's init counts against it)."""
+    warmup_fraction: float = 0.5
+    """Share of the budget the undefended warm-up run (the --init of fine-tuned runs) may spend."""
+    val_every: int | None = None
 
 
 PROFILES: dict[str, Profile] = {
@@ -94,9 +99,29 @@ PROFILES: dict[str, Profile] = {
                      queries=None, gallery=None, attack_steps=None, device="auto"),
     "smoke": Profile(eta=2, epochs=1, batch_pairs=16, train_subset=32, val_subset=200, checkpoint_every=1,
                      queries=16, gallery=500, attack_steps=2, device="cpu"),
+    "budget": Profile(eta=8, epochs=1000, batch_pairs=128, train_subset=None, val_subset=2_000, checkpoint_every=100,
+                      queries=256, gallery=None, attack_steps=None, device="cpu", time_budget=1200.0, val_every=1000),
+    "budget-smoke": Profile(eta=2, epochs=1000, batch_pairs=16, train_subset=64, val_subset=200, checkpoint_every=None,
+                            queries=16, gallery=500, attack_steps=2, device="cpu", time_budget=3.0, val_every=1000),
 }
 """cpu: the budget above (about 65 minutes). paper: the paper's protocol (8 epochs of all anchors, eta 32, every test image
 attacked). smoke: 2 iterations of 16 pairs per run and a 2-step attack on 16 queries, to prove the pipeline."""
+
+
+BUDGET_RUNS: tuple[tuple[str, int, bool], ...] = (
+    ("N/A[R]", 0, False),
+    ("ACT[R]", 8, False),
+    ("HM[S,gLGA]&ICS", 8, True),
+    ("HM[S,gLGA]&ICS+free(4)", 8, True),
+    ("HM[R,M]&ICS", 8, True),
+    ("ACT[R]", 8, True),
+    ("HM[S,gLGA]&ICS", 8, False),
+    ("HM[S,gLGA]&ICS+free(4)", 8, False),
+    ("ACT[R]", 32, False),
+    ("HM[S,gLGA]&ICS", 32, False),
+)
+"""Equal wall-clock profiles: (method, eta, fine-tuned from the undefended warm-up run)."""
+WARMUP = "N/A[R]"
 
 
 @dataclass
@@ -106,6 +131,8 @@ class Run:
     eta: int
     """Training PGD steps; 0 for N/A, so that the paper's training cost is eta + 1."""
     config: TrainConfig
+    fine_tuned: bool = False
+    """Started from the undefended warm-up run (whose seconds count against the budget)."""
 
     @property
     def directory(self) -> Path:
@@ -118,24 +145,44 @@ def slug(method: str, eta: int) -> str:
     return f"{name}-eta{eta}" if eta else name
 
 
-def plan(profile: str, runs_dir: Path) -> list[Run]:
-    """Every run of the study under `profile`, in training order, with its resolved configuration."""
+def plan(profile: str, runs_dir: Path, *, seed: int = SEED, budget: float | None = None,
+         only: tuple[str, ...] = ()) -> list[Run]:
+    """Every run of the study under `profile`, in training order, with its resolved configuration.
+
+    Equal wall-clock profiles start with the undefended warm-up run that fine-tuned runs start from (`--init`).
+    `only` keeps the runs whose slug is listed (and the warm-up, when one of them needs it).
+    """
     if profile not in PROFILES:
         raise UserError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
     p = PROFILES[profile]
-    wanted = [(m, p.eta) for m in METHODS] + [(m, eta) for m in SWEPT for eta in SWEEP_ETAS if eta != p.eta]
-    options = {"dataset": DATASET, "model": "c2f2", "epochs": p.epochs, "batch_pairs": p.batch_pairs, "seed": SEED,
+    budget = budget if budget is not None else p.time_budget
+    options = {"dataset": DATASET, "model": "c2f2", "epochs": p.epochs, "batch_pairs": p.batch_pairs, "seed": seed,
                "train_subset": p.train_subset, "val_subset": p.val_subset, "checkpoint_every": p.checkpoint_every,
-               "device": p.device}
+               "device": p.device, "val_every": p.val_every, "time_budget": budget}
     options = {k: v for k, v in options.items() if v is not None}
+    base = runs_dir / profile / (f"seed{seed}" if seed != SEED else "")
+    if budget is None:
+        wanted = [(m, p.eta, False) for m in METHODS]
+        wanted += [(m, eta, False) for m in SWEPT for eta in SWEEP_ETAS if eta != p.eta]
+    else:
+        wanted = [(m, eta if eta else 0, init) for m, eta, init in BUDGET_RUNS]
     runs = []
-    for text, eta in wanted:
+    warmup = base / "na_r-warmup"
+    for text, eta, init in wanted:
         defense = parse_method(text)
         eta = 0 if defense.defense == "none" else eta
         method = format_method(defense)
-        out = runs_dir / profile / slug(method, eta)
-        cfg = build_config({**options, "out": str(out)}, {"pgd_steps": eta} if eta else {}, method=defense)
-        runs.append(Run(method, eta, cfg))
+        name = slug(method, eta) + ("-init" if init else "")
+        extra = {"init": str(warmup)} if init else {}
+        cfg = build_config({**options, **extra, "out": str(base / name)}, {"pgd_steps": eta} if eta else {},
+                           method=defense)
+        runs.append(Run(method, eta, cfg, fine_tuned=init))
+    if only:
+        runs = [r for r in runs if r.directory.name in only]
+    if any(r.fine_tuned for r in runs):
+        cfg = build_config({**options, "time_budget": p.warmup_fraction * budget, "out": str(warmup)}, {},
+                           method=parse_method(WARMUP))
+        runs.insert(0, Run(format_method(cfg.defense), 0, cfg))
     return runs
 
 
@@ -226,11 +273,12 @@ def write_results(records: list[dict[str, Any]], profile: str, results_dir: Path
     return list(paths.values())
 
 
-def run_study(profile: str, runs_dir: Path, results_dir: Path, *, console: Console) -> list[dict[str, Any]]:
+def run_study(profile: str, runs_dir: Path, results_dir: Path, *, console: Console, train_only: bool = False,
+              **selection: Any) -> list[dict[str, Any]]:
     """Train and evaluate what is not done yet, then write the results; returns the records."""
     from training.trainer import train
 
-    runs = plan(profile, runs_dir)
+    runs = plan(profile, runs_dir, **selection)
     for run in runs:
         check_config(run)
     sample: QuerySample | None = None
@@ -239,12 +287,16 @@ def run_study(profile: str, runs_dir: Path, results_dir: Path, *, console: Conso
         console.rule(f"{i}/{len(runs)} {run.method} eta {run.eta}: {action}")
         if action in ("train", "resume"):
             train(run.config, resume=action == "resume", console=console)
+        if train_only:
+            continue
         if action != "skip":
             if sample is None:
                 sample = QuerySample.load(PROFILES[profile])
             report = evaluate_run(run, sample, PROFILES[profile])
             console.print(f"ERS {report['ERS']:.1f}  R@1 {report['benign']['R@1']:.1f}  "
                           f"evaluation {report['timings']['total_s']:.0f} s")
+    if train_only:
+        return []
     records = [record(run, profile) for run in runs]
     for path in write_results(records, profile, results_dir):
         console.print(f"wrote {path}")
@@ -259,18 +311,26 @@ def main() -> None:
     parser.add_argument("--results-dir", type=Path, default=None,
                         help="Default: benchmarks/results (smoke: RUNS_DIR/smoke, so committed results stay).")
     parser.add_argument("--plan", action="store_true", help="Print the runs and what is left to do, then exit.")
+    parser.add_argument("--seed", type=int, default=SEED, help="Training seed (runs of seed N go to .../seedN/).")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="Seconds of training per method for the equal wall-clock profiles (default 1200).")
+    parser.add_argument("--only", nargs="+", default=(), help="Run directory names to keep, e.g. act_r-eta8.")
+    parser.add_argument("--train-only", action="store_true", help="Train what is missing; evaluate nothing.")
     args = parser.parse_args()
+    selection = {"seed": args.seed, "budget": args.budget, "only": tuple(args.only)}
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(os.cpu_count() or 1)
     console = Console()
     try:
         if args.plan:
-            for run in plan(args.profile, args.runs_dir):
+            for run in plan(args.profile, args.runs_dir, **selection):
                 print(f"{next_action(run.directory):<9} {run.method:<16} eta {run.eta:<3} {run.directory}")
             return
-        default = args.runs_dir / "smoke" if args.profile == "smoke" else ROOT / "benchmarks" / "results"
+        smoke = args.profile.endswith("smoke")
+        default = args.runs_dir / args.profile if smoke else ROOT / "benchmarks" / "results"
         started = time.perf_counter()
-        run_study(args.profile, args.runs_dir, args.results_dir or default, console=console)
+        run_study(args.profile, args.runs_dir, args.results_dir or default, console=console,
+                  train_only=args.train_only, **selection)
         console.print(f"study wall time {time.perf_counter() - started:.0f} s")
     except UserError as exc:
         raise SystemExit(f"error: {exc}") from None

@@ -7,7 +7,9 @@ normalised embeddings (metric N).
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
 
 from retrieval.errors import UserError
 
@@ -46,3 +48,19 @@ def ers(values: Mapping[str, float]) -> float:
     """The mean of the ten normalised scores (the paper prints it with one decimal)."""
     scores = ers_normalize(values)
     return sum(scores.values()) / len(scores)
+
+
+def ers_interval(
+    per_query: Mapping[str, Sequence[float]], *, resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of ERS over the attacked queries (resampled with replacement)."""
+    values = np.array([per_query[k] for k in ATTACK_KEYS], dtype=np.float64)  # [10, queries]
+    if values.ndim != 2 or values.shape[1] < 2:
+        raise UserError("a bootstrap interval needs per-query values of all ten attacks for at least 2 queries")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, values.shape[1], size=(resamples, values.shape[1]))
+    means = values[:, picks].mean(axis=2)  # [10, resamples]
+    scores = np.array([[ers(dict(zip(ATTACK_KEYS, column)))] for column in means.T]).ravel()
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(scores, [tail, 100 - tail])
+    return float(low), float(high)

@@ -93,6 +93,17 @@ def _per_item(losses: torch.Tensor) -> torch.Tensor:
     return losses.reshape(-1) if losses.dim() else losses.reshape(1)
 
 
+def ball(x0: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel (lower, upper) bounds: the L-inf ball of radius eps around x0, inside [0, 1]."""
+    return (x0 - eps).clamp_min(0), (x0 + eps).clamp_max(1)
+
+
+def descend(x: torch.Tensor, grad: torch.Tensor, step_size: float, bounds: tuple[torch.Tensor, torch.Tensor]):
+    """One projected sign-gradient step downhill: x - step * sign(grad), clipped into `bounds`."""
+    lower, upper = bounds
+    return torch.minimum(torch.maximum(x - step_size * grad.sign(), lower), upper)
+
+
 def _run(model, x0, objective, cfg: PGDConfig, random_start: bool, generator) -> PGDResult:
     if random_start and cfg.eps > 0:
         noise = torch.rand(x0.shape, generator=generator, device="cpu").to(x0.device, x0.dtype)
@@ -100,7 +111,7 @@ def _run(model, x0, objective, cfg: PGDConfig, random_start: bool, generator) ->
     else:
         x = x0.clone()
     step_size = cfg.eps if cfg.steps == 1 else cfg.alpha  # one step = FGSM with the full budget
-    lower, upper = (x0 - cfg.eps).clamp_min(0), (x0 + cfg.eps).clamp_max(1)
+    bounds = ball(x0, cfg.eps)
     best_x, best_j = x.clone(), None
     previous, taken = None, 0
     for _ in range(cfg.steps):
@@ -111,7 +122,7 @@ def _run(model, x0, objective, cfg: PGDConfig, random_start: bool, generator) ->
         with torch.no_grad():
             if cfg.keep_best:
                 best_x, best_j = _keep_best(best_x, best_j, x.detach(), losses.detach())
-            x = torch.minimum(torch.maximum(x.detach() - step_size * grad.sign(), lower), upper)
+            x = descend(x.detach(), grad, step_size, bounds)
         taken += 1
         value = float(mean.detach())
         if cfg.early_stop_tol is not None and previous is not None and abs(value - previous) < cfg.early_stop_tol:

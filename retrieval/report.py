@@ -36,6 +36,7 @@ def load_run(path: str | Path) -> dict[str, Any]:
     row |= {k: benign.get(k) for k in BENIGN_COLUMNS}
     row |= {k: robustness["attacks"].get(k) for k in ATTACK_KEYS}
     row["ERS"] = robustness.get("ERS")
+    row["protocol"] = robustness.get("protocol", robustness.get("profile"))
     row["cost"] = metrics.get("paper_cost", config.get("paper_cost"))
     row["wall_s"] = metrics.get("train_seconds")
     if "noise_baseline" in robustness:
@@ -64,9 +65,9 @@ def robustness_markdown(report: dict[str, Any], name: str) -> str:
         rows.append({"run": f"{name} (uniform noise)", "method": row["method"], **report["benign"],
                      **noise["attacks"], "ERS": noise["ERS"]})
     c = report["config"]
-    note = (f"\nprofile {report['profile']}: eps {c['eps']:.5f}, alpha {c['alpha']:.5f}, {c['steps']} steps, "
-            f"{c['restarts']} restarts, {c['queries']} queries against a gallery of {c['gallery_size']}, "
-            f"seed {c['seed']}, reference quirks {'on' if c['reference_quirks'] else 'off'}.\n")
+    low, high = report.get("ERS_ci95", (float("nan"), float("nan")))
+    note = (f"\nprotocol: {report.get('protocol', report['profile'])}; {c['queries']} queries against a gallery of "
+            f"{c['gallery_size']}, seed {c['seed']}; ERS 95% bootstrap interval over queries {low:.1f}-{high:.1f}.\n")
     return markdown_table(rows) + note
 
 
@@ -77,12 +78,18 @@ def write_report(runs: list[str | Path], out: str | Path) -> list[Path]:
     rows = [load_run(r) for r in runs]
     out = Path(out)
     written = [out / "report.md", out / "report.json"]
-    atomic_write_text(written[0], markdown_table(rows))
+    atomic_write_text(written[0], markdown_table(rows) + protocols_note(rows))
     atomic_write_json(written[1], rows)
     written += plot_tradeoffs(rows, out / "ers_vs_cost.png", out / "r1_vs_ers.png")
     for row in rows:
         written.append(_attack_bars(row, out / f"attacks_{_slug(row['run'])}.png"))
     return written
+
+
+def protocols_note(rows: list[dict[str, Any]]) -> str:
+    """The evaluation protocol(s) the rows were measured under, as lines under a table."""
+    seen = dict.fromkeys(str(r.get("protocol")) for r in rows)
+    return "".join(f"\nprotocol: {p}" for p in seen) + "\n"
 
 
 def plot_tradeoffs(rows: list[dict[str, Any]], ers_vs_cost: Path, r1_vs_ers: Path) -> list[Path]:

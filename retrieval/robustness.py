@@ -19,11 +19,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from retrieval.attacks import ATTACKS, attack_config
-from retrieval.attacks.profiles import PROFILES
+from retrieval.attacks.profiles import PROFILES, STRONG_RESTARTS, STRONG_STEPS, protocol
 from retrieval.datasets import ImageDataset
 from retrieval.distances import normalize
 from retrieval.errors import UserError
-from retrieval.ers import ATTACK_KEYS, ers, ers_normalize
+from retrieval.ers import ATTACK_KEYS, ers, ers_interval, ers_normalize
 from retrieval.metrics import benign_metrics, embed
 
 BENIGN_KEYS = ("R@1", "R@2", "mAP", "mAP@R", "mAP@10", "NMI")
@@ -51,9 +51,16 @@ def evaluate_robustness(
     progress: bool = True,
     noise_baseline: bool = False,
     eps: float | None = None,
+    strong: bool = False,
 ) -> dict:
-    """All ten attack values, their normalised scores, ERS, benign metrics, configuration and timings."""
+    """All ten attack values, their normalised scores, ERS (with a bootstrap interval over queries), per-query
+    values, benign metrics, the protocol, configuration and timings.
+
+    `strong` raises the attack to at least STRONG_STEPS steps and STRONG_RESTARTS random restarts."""
     labels = _labels(data, labels)
+    if strong:
+        steps = max(steps or 0, STRONG_STEPS)
+        restarts = max(restarts, STRONG_RESTARTS)
     cfg = attack_config(profile, steps=steps, restarts=restarts, eps=eps, reference_quirks=reference_quirks)
     batch_size = batch_size or PROFILES[profile].batch_size
     if batch_size < 1 or (max_queries is not None and max_queries < 1):
@@ -74,6 +81,7 @@ def evaluate_robustness(
     starts = range(0, n, batch_size)
     sums = dict.fromkeys(ATTACK_KEYS, 0.0)
     noise_sums = dict.fromkeys(ATTACK_KEYS, 0.0)
+    per_query: dict[str, list[float]] = {k: [] for k in ATTACK_KEYS}
     seconds = dict.fromkeys(ATTACKS, 0.0)
     tasks = len(starts) * len(attacks) * (2 if noise_baseline else 1)
     with _progress(progress, tasks) as advance:
@@ -85,7 +93,7 @@ def evaluate_robustness(
             for name, attack in attacks.items():
                 tick = time.perf_counter()
                 attack.generator.manual_seed(derived_seed(seed, name, b))
-                _accumulate(sums, attack(model, images, batch_labels).values)
+                _accumulate(sums, attack(model, images, batch_labels).values, per_query)
                 seconds[name] += time.perf_counter() - tick
                 advance(f"{name} batch {b + 1}/{len(starts)}")
                 if noisy is not None:
@@ -94,8 +102,11 @@ def evaluate_robustness(
                     advance(f"{name} noise {b + 1}/{len(starts)}")
 
     values = {k: v / len(starts) for k, v in sums.items()}
+    low, high = ers_interval(per_query, seed=seed) if n > 1 else (float("nan"), float("nan"))
     report = {
         "profile": profile,
+        "protocol": protocol(profile, cfg, reference_quirks),
+        "strong": strong,
         "config": {
             "eps": cfg.eps, "alpha": cfg.alpha, "steps": cfg.steps, "restarts": cfg.restarts,
             "best_iterate": cfg.keep_best, "reference_quirks": reference_quirks, "batch_size": batch_size,
@@ -106,7 +117,9 @@ def evaluate_robustness(
         "attacks": values,
         "normalized": ers_normalize(values),
         "ERS": ers(values),
+        "ERS_ci95": [low, high],
         "collapse": {k: values[k] for k in COLLAPSE_KEYS},
+        "per_query": {k: [round(v, 4) for v in vs] for k, vs in per_query.items()},
         "timings": {
             "embed_s": embed_s,
             "benign_s": benign_s,
@@ -147,9 +160,13 @@ def _noise(images: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
     return (images + (2 * u - 1) * eps).clamp(0, 1)
 
 
-def _accumulate(sums: dict[str, float], values: dict[str, torch.Tensor]) -> None:
+def _accumulate(
+    sums: dict[str, float], values: dict[str, torch.Tensor], per_query: dict[str, list[float]] | None = None
+) -> None:
     for key, per_item in values.items():
         sums[key] += float(per_item.float().mean())
+        if per_query is not None:
+            per_query[key].extend(per_item.float().cpu().tolist())
 
 
 @contextlib.contextmanager

@@ -16,11 +16,11 @@ from training.config import PRESETS, TrainConfig, build_config
 from training.export import export_command
 from training.method import parse_method
 
-RESUMABLE = ("epochs", "max_steps", "device", "num_workers", "log_every", "val_every", "val_subset", "val_batch",
-             "checkpoint_every")
+RESUMABLE = ("epochs", "max_steps", "time_budget", "device", "num_workers", "log_every", "val_every", "val_subset",
+             "val_batch", "checkpoint_every")
 """Options a resumed run may change; everything else must stay as stored in the run's config.json."""
 
-_FROM_PRESET = "default: from --preset / the model's spec protocol"
+_FROM_PRESET = "default: from --preset / the model's paper protocol"
 
 
 def train(
@@ -38,8 +38,12 @@ def train(
     weight_decay: Optional[float] = typer.Option(None, help=f"Adam (coupled) weight decay; {_FROM_PRESET}."),
     seed: Optional[int] = typer.Option(None, help="Seed of every random stream (0)."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many iterations in total."),
+    time_budget: Optional[float] = typer.Option(
+        None, help="Stop after the iteration that crosses this many seconds of training (the --init run's count too)."
+    ),
+    init: Optional[str] = typer.Option(None, "--init", help="Start from the weights of this run directory or checkpoint."),
     train_subset: Optional[int] = typer.Option(None, help="Train on a seeded class-balanced subset of N anchors."),
-    val_subset: Optional[int] = typer.Option(None, help="Validate on the first N test images."),
+    val_subset: Optional[int] = typer.Option(None, help="Validate on a seeded class-balanced subset of N test images."),
     val_every: Optional[int] = typer.Option(None, help="Validate every N epochs (and at the end)."),
     val_batch: Optional[int] = typer.Option(None, help="Validation batch size."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Also checkpoint every N iterations."),
@@ -56,6 +60,7 @@ def train(
         None, help="HM destination: miner, constant in [-2,2], lga, boost:<miner>."
     ),
     ics: Optional[float] = typer.Option(None, help="ICS weight lambda (0 = off)."),
+    replays: Optional[int] = typer.Option(None, help="HM only: replay each batch N times, reusing gradients (1 = off)."),
     pgd_steps: Optional[int] = typer.Option(None, help="Training PGD steps eta (32)."),
     eps: Optional[float] = typer.Option(None, help="L-inf budget (77/255 at 28x28, 8/255 at 224x224)."),
     alpha: Optional[float] = typer.Option(None, help="PGD step size (3/255 at 28x28, 1/255 at 224x224)."),
@@ -72,7 +77,7 @@ def train(
     given = {k: v for k, v in locals().items() if v is not None}
     options = _pick(given, [f for f in TrainConfig.__dataclass_fields__ if f not in ("defense", "preset", "out")])
     options["out"] = str(out)
-    defense_options = _pick(given, ["defense", "source", "destination", "ics", "pgd_steps", "eps", "alpha", "xi",
+    defense_options = _pick(given, ["defense", "source", "destination", "ics", "replays", "pgd_steps", "eps", "alpha", "xi",
                                     "lga_u", "margin", "precision"])
     if reference_quirks is not None:
         defense_options["reference"] = reference_quirks

@@ -1,6 +1,6 @@
 """TrainConfig: everything a training run depends on, resolved once and stored in the run directory.
 
-Resolution order (later wins): dataclass defaults, the model's optimiser protocol (spec section 10), the preset,
+Resolution order (later wins): dataclass defaults, the model's optimiser protocol (docs/method.md#training-budgets-and-cost), the preset,
 the paper-notation method (defense fields only), explicit options.
 """
 
@@ -32,7 +32,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"defense": {"pgd_steps": 32}},
 }
 """quick: 300 iterations of 128 pairs on a CPU (about 5 minutes for HM at eta 8).
-paper: the spec section 10 protocol (model defaults: 8 epochs c2f2 / 75 resnet18) with eta 32."""
+paper: the paper's protocol (model defaults: 8 epochs c2f2 / 75 resnet18) with eta 32."""
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -56,10 +56,15 @@ class TrainConfig:
     train_subset: int | None = None
     """Train on a fixed, seeded, class-balanced subset of this many anchors."""
     val_subset: int | None = None
-    """Validate on the first N test images."""
+    """Validate on a seeded, class-balanced subset of N test images (all of them when None)."""
     val_every: int = 1
     """Validate every this many epochs (and always at the end)."""
     val_batch: int = 128
+    time_budget: float | None = None
+    """Stop after the iteration that crosses this many seconds of training; with `init`, the seconds that trained
+    the init run count too, so a fine-tuned run and a run from scratch get the same budget."""
+    init: str | None = None
+    """Start from the weights of this run directory or checkpoint (adversarial fine-tuning); fresh optimiser."""
     checkpoint_every: int | None = None
     """Also checkpoint every this many iterations (a checkpoint is always written at the end of each epoch)."""
     log_every: int = 10
@@ -95,6 +100,8 @@ class TrainConfig:
                 _positive(name, getattr(self, name))
         if self.num_workers < 0:
             raise UserError(f"--num-workers must be >= 0, got {self.num_workers}")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise UserError(f"--time-budget must be > 0 seconds, got {self.time_budget:g}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise UserError("--lr must be > 0 and --weight-decay >= 0")
         return self

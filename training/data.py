@@ -1,4 +1,4 @@
-"""SPC-2 training batches (spec section 2.1) and the class-balanced training subset.
+"""SPC-2 training batches (docs/method.md#spc-2-batches) and the class-balanced training subset.
 
 An epoch is one pass over all anchors in a seeded random order; each anchor gets a partner drawn uniformly from
 all training images of its class (the anchor itself included) and a batch of N pairs is the 2N images
@@ -20,7 +20,7 @@ from retrieval.errors import UserError
 from retrieval.images import train_transform
 from training.seeding import derive_seed, generator
 
-def balanced_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+def balanced_subset(labels: torch.Tensor, n: int, seed: int, *, purpose: str = "train-subset") -> torch.Tensor:
     """Sorted indices of n items drawn without replacement, spread as evenly as possible over the classes.
 
     Each class is shuffled; items are then taken round-robin (first item of every class, second of every class,
@@ -28,8 +28,8 @@ def balanced_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     """
     total = labels.numel()
     if not 0 < n <= total:
-        raise UserError(f"--train-subset must be between 1 and the training set size {total}, got {n}")
-    gen = generator(seed, "train-subset")
+        raise UserError(f"a {purpose} must hold between 1 and {total} images, got {n}")
+    gen = generator(seed, purpose)
     _, classes = torch.unique(labels, return_inverse=True)
     num_classes = int(classes.max()) + 1
     order = torch.randperm(total, generator=gen)
@@ -92,7 +92,7 @@ class TrainBatches:
     """Turns index plans into (images [2n, C, H, W] in [0,1], labels [2n]) on the training device.
 
     In-memory datasets are indexed directly (the whole training tensor lives on the device); folder datasets are
-    decoded by DataLoader workers, one whole batch per worker task, with the spec 1.2 train transform (random crop
+    decoded by DataLoader workers, one whole batch per worker task, with the reference's train transform (random crop
     and flip for 224 inputs). Its randomness is seeded by (seed, epoch, batch), so it does not depend on which
     worker decodes the batch and a resumed run sees the same pixels.
     """

@@ -1,6 +1,6 @@
 """Process context of a training run: single process, or one of WORLD_SIZE processes started by torchrun.
 
-Under torchrun each process draws, mines and attacks its own batch (spec section 10) and DistributedDataParallel
+Under torchrun each process draws, mines and attacks its own batch (as the reference's DDP runs) and DistributedDataParallel
 averages the gradients; gloo on CPU, nccl on GPUs. Rank 0 writes every file.
 """
 
@@ -33,6 +33,14 @@ class Processes:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def broadcast(self, flag: bool) -> bool:
+        """Rank 0's `flag` on every process, so that all of them stop at the same iteration."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([int(flag)], device=self.device if dist.get_backend() == "nccl" else "cpu")
+        dist.broadcast(value, src=0)
+        return bool(value.item())
 
     def gather(self, obj: Any) -> list[Any]:
         """Every process's `obj`, in rank order (on every process)."""

@@ -31,6 +31,8 @@ def evaluate(
                                           help="Reference GTM target index, LTM self entry, ES:D timing, last iterate."),
     noise_baseline: bool = typer.Option(False, "--noise-baseline",
                                         help="Also measure uniform random noise of the same budget."),
+    strong: bool = typer.Option(False, "--strong",
+                                help="A stronger attacker: at least 100 steps and 5 random restarts (slow)."),
     dataset: Optional[str] = typer.Option(None, help="Evaluate on NAME:SPLIT instead of the run's test split."),
     data_root: Optional[str] = typer.Option(None, help="Dataset folder (default: the run's)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -50,15 +52,16 @@ def evaluate(
         model.to(target), data,
         profile=profile or profile_for(getattr(model, "input_size", data.image_size)),
         max_queries=max_queries, steps=steps, restarts=restarts, seed=seed, reference_quirks=reference_quirks,
-        batch_size=batch_size, progress=progress, noise_baseline=noise_baseline,
+        batch_size=batch_size, progress=progress, noise_baseline=noise_baseline, strong=strong,
     )
     report = {"method": _method(run_dir) or config.get("method"), "run": str(run_dir), "dataset": f"{name}:{split}",
               **report}
     destination = out or run_dir
-    atomic_write_json(destination / "robustness.json", report)
-    atomic_write_text(destination / "robustness.md", robustness_markdown(report, run_dir.name))
+    stem = "robustness-strong" if strong else "robustness"
+    atomic_write_json(destination / f"{stem}.json", report)
+    atomic_write_text(destination / f"{stem}.md", robustness_markdown(report, run_dir.name))
     typer.echo(robustness_markdown(report, run_dir.name))
-    typer.echo(f"wrote {destination / 'robustness.json'} and robustness.md")
+    typer.echo(f"wrote {destination / stem}.json and {stem}.md")
 
 
 def _method(run_dir: Path) -> str | None:

@@ -25,7 +25,14 @@ from retrieval.atomic import atomic_write_json
 from retrieval.datasets import ImageDataset, load_dataset
 from retrieval.errors import UserError
 from training import distributed
-from training.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from training.checkpoint import (
+    load_checkpoint,
+    load_trained,
+    read_checkpoint,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
 from training.config import TrainConfig
 from training.data import SPC2Sampler, TrainBatches, balanced_subset
 from training.defenses import build_defense
@@ -51,6 +58,13 @@ class Position:
     """Wall time spent in training iterations (validation and checkpoint writes excluded)."""
     image_passes: float = 0.0
     """Sum of the defense's per-iteration `image_passes` stat."""
+    updates: int = 0
+    """Optimiser steps (more than `step` when the defense replays each batch)."""
+    wall_seconds: float = 0.0
+    """Wall time of the whole run so far, validation and checkpoints included."""
+    init_seconds: float = 0.0
+    """Training seconds of the `init` run (and of its own init), counted against the time budget."""
+    init_image_passes: float = 0.0
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
@@ -91,8 +105,9 @@ class Trainer:
             labels, cfg.batch_pairs, cfg.seed, rank=processes.rank, world_size=processes.world_size
         )
         self.batches = TrainBatches(train_set, items, device, seed=cfg.seed, num_workers=cfg.num_workers)
-        self.val_data, self.val_labels = _validation_data(val_set, cfg.val_subset)
+        self.val_data, self.val_labels, self.validated_on = _validation_data(val_set, cfg.val_subset, cfg.seed)
 
+        init = _load_init(cfg, self.model) if cfg.init and state is None else None
         self.model.to(device)
         torch.manual_seed(derive_seed(cfg.seed, "torch", processes.rank))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -102,8 +117,12 @@ class Trainer:
             self.net = DistributedDataParallel(self.model, device_ids=ids)
         self.generator = generator(cfg.seed, "defense", processes.rank, device=device)
         self.defense = build_defense(cfg.defense, generator=self.generator)
+        if hasattr(self.model, "freeze_bn"):  # BatchNorm in batch-statistics mode for the defenses that train it
+            self.model.freeze_bn = not self.defense.trains_batchnorm
 
         self.position = Position()
+        if init is not None:
+            self.position.init_seconds, self.position.init_image_passes = init
         self.log = RunLog(self.out / "log.jsonl", enabled=processes.is_main)
         self.validations: list[dict[str, Any]] = []
         """Validation records (rank 0 only: the other processes wait while it validates)."""
@@ -123,23 +142,24 @@ class Trainer:
         self._window = StatsWindow()
         self._window_start = pos.train_seconds
         self._progress = TrainProgress(int(limit), pos.step, console=self.console, enabled=self.processes.is_main)
-        self._clock = time.perf_counter()
+        self._clock = self._wall_clock = time.perf_counter()
         with self._progress:
-            while pos.epoch < cfg.epochs and pos.step < limit:
+            while pos.epoch < cfg.epochs and pos.step < limit and not self._over_budget():
                 plan = self.sampler.epoch(pos.epoch)
                 for images, labels in self.batches.iterate(pos.epoch, plan, start=pos.batch):
                     self._step(images, labels)
-                    if pos.step % cfg.log_every == 0 or pos.step == limit:
+                    over_budget = self._over_budget()
+                    if pos.step % cfg.log_every == 0 or pos.step == limit or over_budget:
                         self._log_window()
                     if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0 and pos.batch < len(plan):
                         self._paused(self._save)
-                    if pos.step >= limit:
+                    if pos.step >= limit or over_budget:
                         break
                 epoch_done = pos.batch >= len(plan)
                 if epoch_done:
                     pos.epoch += 1
                     pos.batch = 0
-                finished = pos.epoch >= cfg.epochs or pos.step >= limit
+                finished = pos.epoch >= cfg.epochs or pos.step >= limit or self._over_budget()
                 if finished or (epoch_done and pos.epoch % cfg.val_every == 0):
                     self._paused(self._validate)
                 self._paused(self._save)
@@ -149,15 +169,26 @@ class Trainer:
     # -- pieces ----------------------------------------------------------------------------------------------------
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        """One iteration: the defense's loss on this process's batch, backward (DDP averages), Adam step."""
-        loss, stats = self.defense(self.net, images, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        """One iteration: the defense's loss on this process's batch, backward (DDP averages), Adam step; defenses
+        that replay a batch ("free" adversarial training) get one such update per replay."""
+        for _ in range(self.defense.replays):
+            loss, stats = self.defense(self.net, images, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.position.updates += 1
+            self.position.image_passes += stats.get("image_passes", 0.0)
+            self._window.add(stats, images=images.shape[0])
         self.position.step += 1
         self.position.batch += 1
-        self.position.image_passes += stats.get("image_passes", 0.0)
-        self._window.add(stats, images=images.shape[0])
+
+    def _over_budget(self) -> bool:
+        """Whether the time budget (init run included) is spent; the same answer on every process."""
+        budget = self.cfg.time_budget
+        if budget is None:
+            return False
+        spent = self.position.init_seconds + self._tick()
+        return bool(self.processes.broadcast(spent >= budget))
 
     def _log_window(self) -> None:
         """Write the mean stats since the last record to log.jsonl and the progress bar."""
@@ -179,6 +210,13 @@ class Trainer:
         self.position.train_seconds += now - self._clock
         self._clock = now
         return self.position.train_seconds
+
+    def _wall(self) -> float:
+        """Add the wall time since the last call to wall_seconds; returns the new total."""
+        now = time.perf_counter()
+        self.position.wall_seconds += now - self._wall_clock
+        self._wall_clock = now
+        return self.position.wall_seconds
 
     def _paused(self, action) -> None:
         """Run `action` outside the training clock."""
@@ -208,6 +246,7 @@ class Trainer:
         self.processes.barrier()
 
     def _save(self) -> None:
+        self._wall()
         mine = {"rng": rng_state(self.generator), "defense": self.defense.state_dict()}
         everyone = self.processes.gather(mine)
         if self.processes.is_main:
@@ -240,6 +279,7 @@ class Trainer:
 
     def _finish(self) -> dict[str, Any]:
         pos, cfg = self.position, self.cfg
+        self._wall()
         epochs = self._epochs()
         final = self.validations[-1] if self.validations else {}
         metrics: dict[str, Any] = {k: v for k, v in final.items() if k not in ("kind", "step", "epoch")}
@@ -251,7 +291,17 @@ class Trainer:
                 "paper_cost": self.defense.paper_cost(),
                 "image_passes_per_iter": pos.image_passes / max(pos.step, 1),
                 "steps": pos.step,
+                "updates": pos.updates,
                 "epochs": epochs,
+                "image_passes": pos.image_passes,
+                "time_budget_s": cfg.time_budget,
+                "budget_spent_s": pos.init_seconds + pos.train_seconds,
+                "stopped_by": self._stop_reason(),
+                "init": cfg.init,
+                "init_seconds": pos.init_seconds,
+                "init_image_passes": pos.init_image_passes,
+                "wall_seconds": pos.wall_seconds,
+                "validated_on": self.validated_on,
                 "train_seconds": pos.train_seconds,
                 "seconds_per_epoch": pos.train_seconds / epochs if epochs else float("nan"),
                 "seconds_per_step": pos.train_seconds / max(pos.step, 1),
@@ -266,16 +316,54 @@ class Trainer:
         return metrics
 
 
+    def _stop_reason(self) -> str:
+        pos, cfg = self.position, self.cfg
+        if cfg.time_budget is not None and pos.init_seconds + pos.train_seconds >= cfg.time_budget:
+            return "time_budget"
+        if cfg.max_steps is not None and pos.step >= cfg.max_steps:
+            return "max_steps"
+        return "epochs"
+
+
+def _load_init(cfg: TrainConfig, model: nn.Module) -> tuple[float, float]:
+    """Load the init run's weights into `model`; returns the (training seconds, image passes) it cost."""
+    trained = load_trained(cfg.init)
+    if trained.config.get("arch") != cfg.model or int(trained.config["embedding_dim"]) != cfg.embedding_dim:
+        raise UserError(
+            f"--init {cfg.init} holds a {trained.config.get('arch')} with {trained.config['embedding_dim']}-d "
+            f"embeddings, not the {cfg.model} with {cfg.embedding_dim}-d embeddings this run trains"
+        )
+    model.load_state_dict(trained.model.state_dict())
+    position = read_checkpoint(trained.checkpoint, keys=("position",)).get("position", {})
+    seconds = position.get("train_seconds", 0.0) + position.get("init_seconds", 0.0)
+    passes = position.get("image_passes", 0.0) + position.get("init_image_passes", 0.0)
+    return float(seconds), float(passes)
+
+
 def _progress_stats(means: dict[str, float]) -> dict[str, float]:
     hardness = next((means[k] for k in HARDNESS_KEYS if k in means), None)
     return {"loss": means.get("loss", float("nan")), "hardness": hardness if hardness is not None else float("nan")}
 
 
-def _validation_data(dataset: ImageDataset, n: int | None) -> tuple[torch.Tensor | Dataset, torch.Tensor]:
-    n = min(n or len(dataset), len(dataset))
+def _validation_data(
+    dataset: ImageDataset, n: int | None, seed: int
+) -> tuple[torch.Tensor | Dataset, torch.Tensor, dict[str, Any]]:
+    """(images, labels, description): all test images, or a seeded class-balanced subset of n of them.
+
+    A prefix would not do: folder datasets list their files class by class, so the first images are one class.
+    """
+    total = len(dataset)
+    classes = int(torch.unique(dataset.labels).numel())
+    if not n or n >= total:
+        data = dataset.tensors() if dataset.tensors() is not None else dataset
+        return data, dataset.labels, {"images": total, "of": total, "classes": classes, "selection": "all"}
+    items = balanced_subset(dataset.labels, n, seed, purpose="validation")
     tensors = dataset.tensors()
-    data = tensors[:n] if tensors is not None else Subset(dataset, range(n))
-    return data, dataset.labels[:n]
+    data = tensors[items] if tensors is not None else Subset(dataset, items.tolist())
+    labels = dataset.labels[items]
+    described = {"images": n, "of": total, "classes": int(torch.unique(labels).numel()),
+                 "selection": "seeded class-balanced subset"}
+    return data, labels, described
 
 
 def _configure_determinism(enabled: bool) -> None:

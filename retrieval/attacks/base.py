@@ -119,6 +119,10 @@ class Attack:
         """Choose targets (drawn with self.generator) and precompute constants."""
         return Plan()
 
+    def plans(self, batch: Batch) -> list[Plan]:
+        """The target plans to attack with; each image keeps the plan its attack does best with (GTM tries two)."""
+        return [self.select(batch)]
+
     def score(self, embeddings: torch.Tensor, batch: Batch, plan: Plan) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(J per image, differentiable; reported values per image, detached)."""
         raise NotImplementedError
@@ -138,13 +142,15 @@ class Attack:
     ) -> AttackResult:
         """Attack `images` (float [k, C, H, W] in [0, 1]) and report each value per image."""
         batch = self._batch(model, images, labels, gallery_index_of_self)
-        plan = self.select(batch)
-        objective, trace = self._objective(batch, plan)
-        result = pgd(model, images, objective, self.cfg, generator=self.generator)
-        values = self._measure(model, result.x, batch, plan)
-        if trace["before_last"] is not None:
-            values = self.adjust(values, batch, plan, trace["before_last"])
-        return AttackResult(x=result.x, values=values, targets=plan.targets)
+        best = None
+        for plan in self.plans(batch):
+            objective, trace = self._objective(batch, plan)
+            result = pgd(model, images, objective, self.cfg, generator=self.generator)
+            values = self._measure(model, result.x, batch, plan)
+            if trace["before_last"] is not None:
+                values = self.adjust(values, batch, plan, trace["before_last"])
+            best = self._stronger(best, AttackResult(x=result.x, values=values, targets=plan.targets))
+        return best
 
     def measure_perturbed(
         self,
@@ -156,8 +162,24 @@ class Attack:
     ) -> AttackResult:
         """The values this attack would report for a given perturbation (e.g. random noise), same targets."""
         batch = self._batch(model, images, labels, gallery_index_of_self)
-        plan = self.select(batch)
-        return AttackResult(x=perturbed, values=self._measure(model, perturbed, batch, plan), targets=plan.targets)
+        best = None
+        for plan in self.plans(batch):
+            measured = AttackResult(x=perturbed, values=self._measure(model, perturbed, batch, plan), targets=plan.targets)
+            best = self._stronger(best, measured)
+        return best
+
+    def _stronger(self, kept: AttackResult | None, other: AttackResult) -> AttackResult:
+        """Per image, whichever result the attacker prefers by the main reported value (ties keep `kept`)."""
+        if kept is None:
+            return other
+        main = self.reports[0]
+        better = (other.values[main] - kept.values[main]) * self.attacker_goal > 0
+        rows = better.view(-1, *([1] * (kept.x.dim() - 1)))
+        targets = kept.targets
+        if targets is not None and other.targets is not None:
+            targets = torch.where(better.to(targets.device), other.targets, targets)
+        values = {k: torch.where(better, other.values[k], v) for k, v in kept.values.items()}
+        return AttackResult(x=torch.where(rows, other.x, kept.x), values=values, targets=targets)
 
     def _batch(self, model, images, labels, gallery_index_of_self) -> Batch:
         if self.needs_labels and (labels is None or self.gallery_labels is None):

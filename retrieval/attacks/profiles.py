@@ -23,6 +23,20 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+STRONG_STEPS = 100
+STRONG_RESTARTS = 5
+"""`--strong`: 100 steps, and 5 random-start runs after the first; each query keeps its strongest iterate of all."""
+
+
+def protocol(profile: str, cfg: PGDConfig, reference_quirks: bool) -> str:
+    """The evaluation protocol in words, written into every robustness record and table."""
+    starts = 1 + cfg.restarts
+    base = f"{profile} eps {cfg.eps * 255:.4g}/255, alpha {cfg.alpha * 255:.4g}/255, {cfg.steps} steps x {starts} start(s)"
+    if reference_quirks:
+        return base + ", reference protocol (last iterate, reference GTM target, LTM self entry, ES:D one step early)"
+    return base + ", best iterate, GTM: stronger of the intended and the reference target"
+
+
 def profile_for(input_size: int) -> str:
     """The profile the paper uses for a model of this input size."""
     return "rob28" if input_size <= 32 else "rob224"

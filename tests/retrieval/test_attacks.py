@@ -167,3 +167,39 @@ def test_unknown_attack_and_profile_are_user_errors() -> None:
         attack_config("rob999")
     with pytest.raises(UserError):
         attack_config("rob28", restarts=1, reference_quirks=True)
+
+
+class Plane(nn.Module):
+    """Two-pixel images -> the unit vector of (pixels - 0.5): an attack's reach is plain geometry."""
+
+    input_size, channels, embedding_dim, arch = 2, 1, 2, "plane"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize(x.flatten(1) - 0.5)
+
+
+def test_gtm_keeps_the_stronger_of_the_intended_and_the_reference_target() -> None:
+    # Gallery on the unit circle (degrees, label): X(120,0) D(36,1) B(-30,1) self(0,0) A(10,0) C(-25,0).
+    # The query's top-1 is A (label 0); the intended target is B, the nearest label-1 item, but C guards it
+    # (the query must pass -27.5 degrees); the reference target is gallery[position of B among label-1 items] =
+    # gallery[1] = D, reached at 23 degrees. The budget (eps 0.16) turns the query about 25 degrees.
+    angles = torch.deg2rad(torch.tensor([120.0, 36.0, -30.0, 0.0, 10.0, -25.0]))
+    gallery = torch.stack([angles.cos(), angles.sin()], dim=1)
+    labels = torch.tensor([0, 1, 1, 0, 0, 0])
+    query = torch.tensor([[[[1.0, 0.5]]]])
+    own = torch.tensor([3])
+    cfg = PGDConfig(eps=0.16, alpha=0.01, steps=30, keep_best=True)
+    gtm = get_attack("GTM")
+
+    class IntendedOnly(gtm):
+        def plans(self, batch):
+            return [self.select(batch)]
+
+    def attack(cls, **kw):
+        return cls(gallery, labels, cfg, **kw)(Plane(), query, labels[3:4], gallery_index_of_self=own)
+
+    intended, reference, both = attack(IntendedOnly), attack(gtm, reference_quirks=True), attack(gtm)
+    assert intended.targets.tolist() == [2] and intended.values["GTM"].tolist() == [100.0]
+    assert reference.targets.tolist() == [1] and reference.values["GTM"].tolist() == [0.0]
+    assert both.targets.tolist() == [1] and both.values["GTM"].tolist() == [0.0]
+    assert torch.equal(both.x, reference.x)
