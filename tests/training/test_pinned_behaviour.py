@@ -1,0 +1,129 @@
+"""Behaviour that small plausible bugs used to get past: HM's early stop and its N/k tolerance, the density term of
+the distance-weighted miner, which embeddings ICS compares, and LGA's average over processes (docs/method.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from retrieval.pgd import PGDConfig, pgd
+from test_defenses import N, Recorder, Tiny, batch, copies, replay, run  # noqa: F401  (batch is a fixture)
+from training.defenses import build_defense
+from training.defenses.base import clean_embeddings
+from training.defenses.hm import EARLY_STOP_TOL, hm_objective
+from training.losses import hardness, ics_loss
+from training.method import parse_method
+from training.miners import get_miner
+
+
+def source_hardness(model, images, labels) -> torch.Tensor:
+    a, p, n = replay("R", model, images, labels)
+    clean = clean_embeddings(model, images)
+    return hardness(clean[a], clean[p], clean[n])
+
+
+def test_hm_early_stop_ends_pgd_once_every_moving_triplet_reached_its_destination(batch):
+    model, images, labels = batch
+    h = source_hardness(model, images, labels)
+    target = float(f"{float(h.max()) + 0.05:g}")  # every triplet moves, and a short way suffices
+    _, _, stats = run(f"HM[R,{target}]", model, images, labels, pgd_steps=40, alpha=0.05)
+    x_adv = model.inputs[0]
+    reached = hardness(*model.module(x_adv).chunk(3)) >= target
+    assert stats["perturbed_fraction"] == 1.0 and reached.all()
+    assert stats["pgd_steps"] < 40  # J was 0 twice in a row long before the last step
+
+
+@pytest.mark.parametrize(("seed", "rank"), [(9, 1), (0, 5), (3, 3)])
+def test_settled_triplets_left_out_of_pgd_do_not_change_when_it_stops(batch, seed, rank):
+    """Only the k moving triplets of N enter PGD; with the tolerance scaled by N/k they stop at exactly the step the
+    full-batch PGD (tolerance 1e-7 on the mean over all N) stops at, and end at the same images. Seed 9 with two
+    moving triplets is a case where the unscaled tolerance runs one step longer."""
+    model, images, labels = batch
+    torch.manual_seed(seed)
+    model.module.load_state_dict(Tiny().state_dict())
+    target = float(f"{float(source_hardness(model, images, labels).sort().values[rank]):g}")
+    _, _, stats = run(f"HM[R,{target}]", model, images, labels, pgd_steps=80, alpha=0.004)
+    assert 0 < stats["perturbed_fraction"] < 1
+    a, p, n = replay("R", model, images, labels)
+    full = pgd(model, copies(images, a, p, n), hm_objective(torch.full((N,), target)),
+               PGDConfig(77 / 255, 0.004, 80, early_stop_tol=EARLY_STOP_TOL))
+    assert stats["pgd_steps"] == full.steps < 80
+    assert torch.allclose(model.inputs[0], full.x, atol=1e-6)
+
+
+def test_ics_compares_the_clean_anchor_with_its_adversarial_copy_and_the_source_positive(batch):
+    model, images, labels = batch
+    _, _, stats = run("HM[R,1.5]&ICS", model, images, labels, alpha=0.05)  # anchors move far
+    (inputs,) = model.inputs  # the one training forward: [a~; p~; n~; a; p]
+    with torch.no_grad():
+        adv_anchor, _, _, anchor, positive = model.module(inputs).chunk(5)
+    expected = float(ics_loss(anchor, adv_anchor, positive))
+    swapped = float(ics_loss(positive, adv_anchor, anchor))
+    assert abs(expected - swapped) > 1e-3  # the batch tells the two apart
+    assert stats["ics_loss"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_distance_weighted_density_term_in_five_dimensions():
+    """With k = 5, w(d) = d^-3 / (1 - d^2/4): at d = 1 and d = 1.9 the second factor decides the odds (0.47 : 0.53);
+    in 3 dimensions it vanishes, so this is the test that sees its sign."""
+
+    def at_distance(d: float) -> torch.Tensor:  # a unit vector at distance d from e_2, padded to 5 dimensions
+        z = 1 - d**2 / 2
+        return torch.tensor([0.0, (1 - z**2) ** 0.5, z, 0.0, 0.0])
+
+    def weight(d: float, k: int = 5) -> float:
+        return d ** (2 - k) * (1 - d**2 / 4) ** (-(k - 3) / 2)
+
+    anchors = 1500
+    u, mid, far = at_distance(0.0), at_distance(1.0), at_distance(1.9)
+    embeddings = torch.cat([u.repeat(2 * anchors, 1), mid.repeat(2, 1), far.repeat(2, 1)])
+    labels = torch.tensor([0] * 2 * anchors + [1, 1, 2, 2])
+    _, _, n = get_miner("D", generator=torch.Generator().manual_seed(0))(embeddings, labels)
+    mid_share = (n < 2 * anchors + 2).float().mean().item()
+    assert mid_share == pytest.approx(weight(1.0) / (weight(1.0) + weight(1.9)), abs=0.04)
+
+
+def _lga_rank(rank: int, world: int, port: int, out: str) -> None:
+    """One process of a gloo group: two HM[R,gLGA] iterations on its own batch; records its adversarial loss and the
+    LGA destination it uses next."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = Tiny()
+        torch.manual_seed(100 + rank)
+        images = torch.rand(2 * N, 1, 28, 28)
+        labels = torch.tensor([0, 1, 2, 0, 1, 2, 3, 3]).repeat_interleave(2)
+        cfg = dataclasses.replace(parse_method("HM[R,gLGA]"), pgd_steps=2, lga_u=2.2, precision="fp32")
+        defense = build_defense(cfg, generator=torch.Generator().manual_seed(rank))
+        _, first = defense(model, images, labels)
+        _, second = defense(model, images, labels)
+        with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+            json.dump({"adv_loss": first["adv_loss"], "next_destination": second["lga_destination"]}, f)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="gloo process group on POSIX")
+def test_lga_averages_the_adversarial_loss_over_processes(tmp_path):
+    """u = 2.2 keeps the losses unclipped, so a sum and a mean over the two processes give different destinations."""
+    mp.start_processes(_lga_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    mean = sum(r["adv_loss"] for r in records) / 2
+    assert records[0]["adv_loss"] != pytest.approx(records[1]["adv_loss"])
+    for record in records:
+        assert record["next_destination"] == pytest.approx(-0.2 * min(mean, 2.2) / 2.2, rel=1e-6)
