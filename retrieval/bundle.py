@@ -11,10 +11,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from retrieval.atomic import atomic_write_json
 from retrieval.errors import UserError
+from retrieval.generations import confined
 
 MODEL_FILE = "model.onnx"
 WEIGHTS_FILE = "weights.safetensors"
@@ -40,19 +41,30 @@ def write_manifest(directory: str | os.PathLike, names: tuple[str, ...], **extra
     return manifest
 
 
-def verify_manifest(directory: str | os.PathLike, what: str) -> dict:
-    """Return the manifest of `directory` after checking every listed file; UserError names the first bad one."""
+def verify_manifest(directory: str | os.PathLike, what: str, required: Collection[str],
+                    optional: Collection[str] = ()) -> dict:
+    """Return the manifest of `directory` after checking every listed file; UserError names the first bad one.
+
+    The manifest must list every `required` name and nothing but `required` and `optional` names (plain file names
+    from the caller's fixed list: a manifest cannot make us hash /proc or probe for files elsewhere), and each file
+    must resolve, symlinks followed, inside `directory`."""
     directory = Path(directory)
     manifest = read_json(directory / MANIFEST_FILE, what)
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise UserError(f"{what} manifest {directory / MANIFEST_FILE} lists no files")
+    unknown = sorted(str(name)[:80] for name in files if name not in required and name not in optional)
+    if unknown:
+        raise UserError(f"{what} manifest {directory / MANIFEST_FILE} lists unexpected files: {', '.join(unknown)}")
+    missing = [name for name in required if name not in files]
+    if missing:
+        raise UserError(f"{what} manifest {directory / MANIFEST_FILE} does not cover {', '.join(missing)}")
     for name, expected in files.items():
-        path = directory / name
+        path = confined(directory, name, f"{what} file")
         if not path.is_file():
-            raise UserError(f"{what} file {path} is missing (listed in its manifest)")
+            raise UserError(f"{what} file {directory / name} is missing (listed in its manifest)")
         if sha256_file(path) != expected:
-            raise UserError(f"{what} file {path} does not match its manifest sha256 (modified or truncated)")
+            raise UserError(f"{what} file {directory / name} does not match its manifest sha256 (modified or truncated)")
     return manifest
 
 
@@ -102,12 +114,15 @@ class Bundle:
         directory = Path(directory)
         if not directory.is_dir():
             raise UserError(f"bundle directory {directory} does not exist")
-        manifest = verify_manifest(directory, "bundle") if verify else read_json(directory / MANIFEST_FILE, "bundle")
-        missing = [name for name in BUNDLE_FILES if name not in manifest.get("files", {})]
-        if missing:
-            raise UserError(f"bundle manifest {directory / MANIFEST_FILE} does not cover {', '.join(missing)}")
+        if verify:
+            manifest = verify_manifest(directory, "bundle", BUNDLE_FILES)
+        else:
+            manifest = read_json(directory / MANIFEST_FILE, "bundle")
+            missing = [name for name in BUNDLE_FILES if name not in manifest.get("files", {})]
+            if missing:
+                raise UserError(f"bundle manifest {directory / MANIFEST_FILE} does not cover {', '.join(missing)}")
         model_sha256 = manifest["files"][MODEL_FILE]
-        if manifest.get("model_sha256", model_sha256) != model_sha256:
+        if manifest.get("model_sha256") != model_sha256:
             raise UserError(f"bundle manifest {directory / MANIFEST_FILE} disagrees with itself about model.onnx")
         config = read_json(directory / CONFIG_FILE, "bundle")
         for key in ("arch", "input_size", "channels", "embedding_dim"):

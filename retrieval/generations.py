@@ -26,17 +26,40 @@ STALE_SECONDS = 3600
 _NAME = re.compile(r"^gen-(\d{6,})$")
 
 
+class OutsideRoot(UserError):
+    """A path that resolves outside the directory it must stay in."""
+
+
+def confined(root: str | os.PathLike, relative: str | os.PathLike, what: str) -> Path:
+    """`root / relative` with every symlink resolved, which must still lie inside `root` (resolved too): a
+    component-wise test, so a sibling `ROOT-evil` is outside `ROOT`. UserError otherwise."""
+    try:
+        base = Path(root).resolve()
+        path = (base / relative).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # symlink loops, names too long, NUL bytes
+        raise UserError(f"{what} {relative!s:.200} cannot be resolved ({exc.__class__.__name__})") from None
+    if not path.is_relative_to(base):
+        raise OutsideRoot(f"{what} {relative!s:.200} resolves outside {base}")
+    return path
+
+
 def resolve_current(root: str | os.PathLike) -> Path:
-    """The generation directory CURRENT names; UserError when there is none or it points nowhere."""
+    """The generation directory CURRENT names, resolved inside `root`; UserError when there is none, it points
+    nowhere or outside, or the pointer itself is unreadable."""
     root = Path(root)
     pointer = root / POINTER
     try:
         name = pointer.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         raise UserError(f"{root} holds no index ({POINTER} file missing)") from None
-    if not _NAME.match(name) or not (root / name).is_dir():
+    except (OSError, UnicodeDecodeError) as exc:  # a directory, not UTF-8, root not a directory, name too long
+        raise UserError(f"{pointer} is not a readable pointer file ({exc.__class__.__name__})") from None
+    if not _NAME.match(name):
+        raise UserError(f"{pointer} holds {name[:80]!r}, which is not a generation name (gen-NNNNNN)")
+    generation = confined(root, name, "generation directory")
+    if not generation.is_dir():
         raise UserError(f"{pointer} points to {name!r}, which is not a generation directory in {root}")
-    return root / name
+    return generation
 
 
 def publish(root: str | os.PathLike, write: Callable[[Path], None]) -> Path:

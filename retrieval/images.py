@@ -3,6 +3,11 @@
 Keeping a single decoder means a gallery image and an uploaded query go through identical pixels -> tensor steps,
 and every untrusted input meets the same checks: a format allowlist, a byte limit, and a pixel limit read from the
 header before any pixel is decoded (decompression bombs fail in microseconds, not after allocating gigabytes).
+
+Pixels alone do not bound the cost of a decode, so inputs whose cost grows with something else are refused from
+their headers too: JPEGs with more than MAX_JPEG_SCANS scans (each scan is a pass over every block), RLE BMPs above
+MAX_RLE_PIXELS (PIL decodes RLE in pure Python), and GIF/WebP canvases much larger than the frame they hold. What is
+left is bounded by an optional wall-clock deadline, checked between the decoder's input reads and between stages.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import hashlib
 import io
 import os
 import struct
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +31,15 @@ from retrieval.errors import UserError
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"})
 DEFAULT_MAX_PIXELS = 40_000_000
+MAX_JPEG_SCANS = 64
+"""Progressive encoders write about 10 scans (mozjpeg's scan optimisation up to ~20); more is a cost attack."""
+MAX_RLE_PIXELS = 1 << 20
+"""PIL's RLE BMP decoder runs in Python at about 0.3 us a pixel: 1 MP costs ~0.3 s."""
+MAX_CANVAS_TO_FRAME = 16
+"""An animation canvas may exceed its first frame's area this many times (beyond a small canvas, see below)."""
+SMALL_CANVAS = 1 << 16
+DECODE_BLOCK = 16 << 10
+"""Bytes handed to the decoder per read: the deadline is checked this often."""
 SMALL_INPUT = 64
 """Inputs up to this side (the 28x28 MNIST models) are resized directly; larger ones get resize + centre crop."""
 
@@ -53,6 +68,20 @@ class CorruptImage(ImageError):
     """Empty, truncated or not an image at all (HTTP 422)."""
 
 
+class ImageTooComplex(ImageError):
+    """Within the byte and pixel limits, but built to be expensive to decode (HTTP 413)."""
+
+
+class DecodeTimeLimit(ImageError):
+    """Decoding ran past its deadline (HTTP 422)."""
+
+
+def pixel_cap(input_size: int) -> int:
+    """Largest decoded image worth accepting for a model whose input side is `input_size`: 64x its side squared,
+    at least 2048x2048 (a photo scaled for the web) and at most 4096x4096."""
+    return min(4096 * 4096, max(2048 * 2048, (64 * input_size) ** 2))
+
+
 def decode_image(
     source: Source,
     *,
@@ -60,9 +89,15 @@ def decode_image(
     channels: int,
     max_bytes: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    deadline: float | None = None,
 ) -> torch.Tensor:
-    """Decode, orient, convert and eval-transform one image into float32 [channels, size, size] in [0, 1]."""
-    return eval_transform(size)(open_image(source, channels=channels, max_bytes=max_bytes, max_pixels=max_pixels))
+    """Decode, orient, convert and eval-transform one image into float32 [channels, size, size] in [0, 1].
+
+    `deadline` (time.monotonic()) bounds the whole decode: DecodeTimeLimit once it passes."""
+    img = open_image(source, channels=channels, max_bytes=max_bytes, max_pixels=max_pixels, deadline=deadline)
+    tensor = eval_transform(size)(img)
+    _check_deadline(deadline)
+    return tensor
 
 
 def open_image(
@@ -71,6 +106,7 @@ def open_image(
     channels: int,
     max_bytes: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    deadline: float | None = None,
 ) -> Image.Image:
     """Checked, decoded, EXIF-oriented PIL image in mode 'L' (channels=1) or 'RGB' (channels=3).
 
@@ -79,10 +115,13 @@ def open_image(
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, not {channels}")
     name, data = _read(source, max_bytes)
-    img = _open_checked(name, data, max_pixels)
+    _check_cost_from_bytes(name, data, max_pixels)
+    img = _open_checked(name, data, max_pixels, deadline)
     try:
         img.load()
+        _check_deadline(deadline)
         img = ImageOps.exif_transpose(img)
+        _check_deadline(deadline)
         return _to_mode(img, "L" if channels == 1 else "RGB")
     except _DECODE_ERRORS as exc:
         raise CorruptImage(f"{name}: cannot decode image ({_one_line(exc)})") from None
@@ -153,10 +192,74 @@ def _read_file(path: Path, max_bytes: int | None) -> bytes:
         raise UserError(f"{path}: cannot read image file ({exc.strerror or type(exc).__name__})") from None
 
 
-def _open_checked(name: str, data: bytes, max_pixels: int | None) -> Image.Image:
-    """Parse only the header (PIL opens lazily) and enforce the allowlist and pixel limit before decoding."""
+class _DeadlineReader(io.BytesIO):
+    """The decoder's input: every read checks the deadline, so a decode stops within one DECODE_BLOCK of work."""
+
+    def __init__(self, data: bytes, deadline: float | None) -> None:
+        super().__init__(data)
+        self.deadline = deadline
+
+    def read(self, size: int | None = -1) -> bytes:
+        _check_deadline(self.deadline)
+        return super().read(size)
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise DecodeTimeLimit("image: decoding took longer than the time limit")
+
+
+def _check_cost_from_bytes(name: str, data: bytes, max_pixels: int | None) -> None:
+    """Refuse what is expensive before PIL sees it (WebP allocates its canvas as soon as it is opened)."""
+    if data.startswith(b"\xff\xd8"):
+        # 0xFF in entropy-coded data is always stuffed (FF 00), so FF DA only appears as a start-of-scan marker
+        # (or inside an APP/COM payload): the count is an upper bound of the scans.
+        scans = data.count(b"\xff\xda")
+        if scans > MAX_JPEG_SCANS:
+            raise ImageTooComplex(f"{name}: JPEG with {scans} scans (at most {MAX_JPEG_SCANS})")
+    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP" and data[12:16] == b"VP8X" and len(data) >= 30:
+        canvas = (int.from_bytes(data[24:27], "little") + 1) * (int.from_bytes(data[27:30], "little") + 1)
+        if max_pixels is not None and canvas > max_pixels:
+            raise ImageTooLarge(f"{name}: WebP canvas of {canvas} pixels is more than the limit of {max_pixels}")
+        frame = _first_webp_frame_area(data) if data[20] & 0x02 else None  # 0x02: animation flag
+        _check_canvas(name, canvas, frame)
+
+
+def _first_webp_frame_area(data: bytes) -> int | None:
+    """Area of the first ANMF frame of an animated WebP (RIFF chunks: 4-byte tag, little-endian size, padded)."""
+    pos = 12
+    while pos + 8 <= len(data):
+        tag, length = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+        if tag == b"ANMF" and pos + 20 <= len(data):
+            width = int.from_bytes(data[pos + 14:pos + 17], "little") + 1
+            height = int.from_bytes(data[pos + 17:pos + 20], "little") + 1
+            return width * height
+        pos += 8 + length + (length & 1)
+    return None
+
+
+def _check_canvas(name: str, canvas: int, frame: int | None) -> None:
+    if frame is not None and canvas > SMALL_CANVAS and canvas > MAX_CANVAS_TO_FRAME * frame:
+        raise ImageTooComplex(f"{name}: animation canvas of {canvas} pixels around a first frame of {frame} "
+                              f"(at most {MAX_CANVAS_TO_FRAME}x the frame)")
+
+
+def _check_cost_from_header(name: str, img: Image.Image) -> None:
+    """Cost checks that need PIL's parsed header: RLE BMP size, GIF logical screen vs its first frame."""
+    width, height = img.size
+    decoder = img.tile[0][0] if img.tile else None
+    if decoder == "bmp_rle" and width * height > MAX_RLE_PIXELS:
+        raise ImageTooComplex(f"{name}: RLE-compressed BMP of {width}x{height} pixels "
+                              f"(at most {MAX_RLE_PIXELS} pixels for RLE)")
+    if img.format == "GIF" and img.tile:
+        x0, y0, x1, y1 = img.tile[0][1]
+        _check_canvas(name, width * height, max(0, x1 - x0) * max(0, y1 - y0))
+
+
+def _open_checked(name: str, data: bytes, max_pixels: int | None, deadline: float | None = None) -> Image.Image:
+    """Parse only the header (PIL opens lazily) and enforce the allowlist and the pixel and cost limits."""
     try:
-        img = Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS))
+        img = Image.open(_DeadlineReader(data, deadline), formats=sorted(ALLOWED_FORMATS))
     except Image.DecompressionBombError:
         raise ImageTooLarge(f"{name}: image dimensions exceed the decompression-bomb limit") from None
     except UnidentifiedImageError:
@@ -168,6 +271,8 @@ def _open_checked(name: str, data: bytes, max_pixels: int | None) -> Image.Image
         raise CorruptImage(f"{name}: image has no pixels ({width}x{height})")
     if max_pixels is not None and width * height > max_pixels:
         raise ImageTooLarge(f"{name}: {width}x{height} pixels is more than the limit of {max_pixels}")
+    _check_cost_from_header(name, img)
+    img.decodermaxblock = DECODE_BLOCK
     return img
 
 

@@ -246,7 +246,10 @@ class GalleryIndex:
     ) -> GalleryIndex:
         """Open the current generation; UserError if a file was tampered with or truncated, or the model differs."""
         generation = resolve_current(directory)
-        manifest = verify_manifest(generation, "index") if verify else read_json(generation / "manifest.json", "index")
+        if verify:
+            manifest = verify_manifest(generation, "index", (INDEX_FILE, METADATA_FILE, INFO_FILE), THUMBNAIL_FILES)
+        else:
+            manifest = read_json(generation / "manifest.json", "index")
         if expected_model_sha256 is not None and manifest.get("model_sha256") != expected_model_sha256:
             raise UserError(
                 f"index {directory} was built with model {str(manifest.get('model_sha256'))[:12]}, "
@@ -255,8 +258,8 @@ class GalleryIndex:
         info = read_json(generation / INFO_FILE, "index")
         try:
             index = faiss.read_index(str(generation / INDEX_FILE))
-            metadata = pq.read_table(generation / METADATA_FILE)
-        except (RuntimeError, OSError, pa.ArrowException) as exc:
+            metadata = pq.read_table(generation / METADATA_FILE, columns=METADATA_SCHEMA.names).cast(METADATA_SCHEMA)
+        except (RuntimeError, OSError, ValueError, pa.ArrowException) as exc:  # only the schema's columns reach clients
             raise UserError(f"index {generation} is unreadable: {exc}") from None
         if index.ntotal != metadata.num_rows or index.ntotal != info.get("count"):
             raise UserError(f"index {generation} is inconsistent: vectors, metadata rows and info count differ")
@@ -266,7 +269,10 @@ class GalleryIndex:
             if len(thumbnails) != index.ntotal:
                 raise UserError(f"index {generation} is inconsistent: {len(thumbnails)} thumbnails for "
                                 f"{index.ntotal} items")
-        quality.apply_params(index, info.get("search_params", {}))
+        try:
+            quality.apply_params(index, info.get("search_params", {}))
+        except (RuntimeError, AttributeError, TypeError, ValueError) as exc:
+            raise UserError(f"index {generation} has invalid search_params: {exc}") from None
         info.pop("count")
         return cls(index, metadata, info, thumbnails)
 

@@ -1,21 +1,19 @@
-"""The FastAPI application: settings -> app, background loading in `lifespan`, middleware, routes; and `run`."""
+"""The FastAPI application: settings -> app, background loading in `lifespan`, middleware, routes (served by
+serve.server)."""
 
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Callable
 
 import anyio
 import torch
 from fastapi import FastAPI
-from pydantic import ValidationError
 
 from retrieval.errors import UserError
 from serve.engine import Engine, load_engine
 from serve.errors import install_error_handlers
-from serve.log import configure_logging
 from serve.metrics import Metrics
 from serve.middleware.body_limit import BodyLimitMiddleware
 from serve.middleware.catch_all import CatchAllMiddleware
@@ -46,6 +44,7 @@ def create_app(settings: Settings, *, loader: Loader = default_loader) -> FastAP
         torch.set_num_threads(settings.cpu_threads)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_load, state, loader)
+            tasks.start_soon(state.follow)  # other workers' reloads (serve.state)
             yield
             tasks.cancel_scope.cancel()
 
@@ -55,7 +54,8 @@ def create_app(settings: Settings, *, loader: Loader = default_loader) -> FastAP
     for module in (search, probe, health, admin, items, page):
         app.include_router(module.router)
     app.mount("/static", page.static_files(), name="static")
-    app.add_middleware(BodyLimitMiddleware, limit_for=lambda path: _body_limit(settings, path))
+    app.add_middleware(BodyLimitMiddleware, limit_for=lambda path: _body_limit(settings, path),
+                       timeout_s=settings.body_timeout_s)
     app.add_middleware(CatchAllMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)  # added last = outermost: every log line of a request has its id
@@ -65,7 +65,7 @@ def create_app(settings: Settings, *, loader: Loader = default_loader) -> FastAP
 async def _load(state: ServiceState, loader: Loader) -> None:
     """Load off the event loop; a bad model or index leaves the service unready with one clear error line."""
     try:
-        engine = await anyio.to_thread.run_sync(loader, state.settings, abandon_on_cancel=True)
+        engine = await anyio.to_thread.run_sync(loader, state.startup_settings(), abandon_on_cancel=True)
     except UserError as exc:
         log.error("not ready: %s", exc)
         return
@@ -73,6 +73,7 @@ async def _load(state: ServiceState, loader: Loader) -> None:
         log.exception("not ready: unexpected error while loading")
         return
     state.swap(engine)
+    state.loaded()
     log.info("ready: model %s (%s), index %s with %d items, %d cpu threads", engine.model_id,
              engine.bundle.config.get("method") or engine.bundle.config["arch"], engine.index_id, engine.count,
              state.settings.cpu_threads)
@@ -84,28 +85,3 @@ def _body_limit(settings: Settings, path: str) -> int:
     if path in ("/search", "/probe"):
         return settings.max_upload_bytes + _MULTIPART_OVERHEAD
     return _SMALL_BODY
-
-
-def create_app_from_env() -> FastAPI:
-    """uvicorn factory (one call per worker process): settings come from the RR_* environment."""
-    settings = Settings()
-    configure_logging(settings.log_level)
-    return create_app(settings)
-
-
-def run(**options: object) -> None:
-    """Validate the options, hand them to the workers as RR_* variables, and serve with uvicorn."""
-    import uvicorn
-
-    given = {name: value for name, value in options.items() if value is not None}
-    try:
-        settings = Settings(**given)
-    except ValidationError as exc:
-        raise UserError(f"invalid serve settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
-    if not settings.index.is_dir():
-        raise UserError(f"index directory {settings.index} does not exist")
-    for name, value in given.items():
-        os.environ[f"RR_{name.upper()}"] = str(value)
-    configure_logging(settings.log_level)
-    uvicorn.run("serve.app:create_app_from_env", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, log_config=None, access_log=False, lifespan="on")

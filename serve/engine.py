@@ -15,7 +15,7 @@ import torch
 from retrieval.bundle import MANIFEST_FILE, Bundle, read_json, sha256_file
 from retrieval.embedder import OnnxEmbedder
 from retrieval.errors import UserError
-from retrieval.generations import resolve_current
+from retrieval.generations import confined, resolve_current
 from retrieval.index import INFO_FILE, GalleryIndex
 from serve.schemas import SearchHit
 
@@ -113,7 +113,7 @@ def _recorded_bundle(index_path: Path) -> Path:
     info = read_json(resolve_current(index_path) / INFO_FILE, "index")
     if not info.get("bundle"):
         raise UserError(f"index {index_path} does not record its bundle; pass --bundle (or RR_BUNDLE)")
-    return index_path / info["bundle"]
+    return confined(index_path.parent, index_path / str(info["bundle"]), "the bundle recorded by the index")
 
 
 def _gallery(index: GalleryIndex) -> torch.Tensor:

@@ -7,13 +7,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from retrieval.images import CorruptImage, ImageError, ImageTooLarge, UnsupportedImageFormat
+from retrieval.images import (CorruptImage, DecodeTimeLimit, ImageError, ImageTooComplex, ImageTooLarge,
+                              UnsupportedImageFormat)
 
 _IMAGE_STATUS: dict[type[ImageError], tuple[int, str]] = {
     UnsupportedImageFormat: (415, "unsupported_image_format"),
     ImageTooLarge: (413, "image_too_large"),
+    ImageTooComplex: (413, "image_too_complex"),
     CorruptImage: (422, "corrupt_image"),
+    DecodeTimeLimit: (422, "decode_time_limit"),
 }
+_HTTP_CODES = {400: "invalid_multipart", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
+               413: "request_too_large"}
+"""Codes of the errors Starlette raises itself; 400 only comes from a multipart body it cannot parse."""
 
 
 class ServiceError(Exception):
@@ -62,5 +68,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code, "http_error")
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))

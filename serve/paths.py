@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from retrieval.errors import UserError
+from retrieval.generations import OutsideRoot, confined
 from serve.errors import ServiceError
 
 
@@ -11,8 +13,9 @@ def inside(root: Path, requested: str) -> Path:
     """`requested` (relative to `root`, or absolute) resolved with symlinks; 403 unless it lies within `root`."""
     if "\x00" in requested:
         raise ServiceError(422, "invalid_path", "path contains a NUL byte")
-    root = root.resolve()
-    candidate = (root / requested).resolve()
-    if not candidate.is_relative_to(root):
-        raise ServiceError(403, "path_not_allowed", f"path must lie inside the index root {root}")
-    return candidate
+    try:
+        return confined(root, requested, "path")
+    except OutsideRoot:
+        raise ServiceError(403, "path_not_allowed", f"path must lie inside the index root {root}") from None
+    except UserError as exc:
+        raise ServiceError(422, "invalid_path", str(exc)) from None

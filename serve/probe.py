@@ -56,6 +56,8 @@ class ProbeRequest:
     return_image: bool
     bisection_steps: int
     time_limit_s: float
+    deadline: float
+    """time.monotonic() at which the whole request (decoding included) must stop."""
 
 
 def default_eps(engine: Engine) -> float:
@@ -67,14 +69,13 @@ def default_eps(engine: Engine) -> float:
 def run_probe(engine: Engine, image: torch.Tensor, req: ProbeRequest) -> ProbeResponse:
     """Clean ranking, attacked ranking, their comparison, and the smallest eps on the grid that flips the top-1."""
     start = time.perf_counter()
-    model = _Deadline(engine.torch_model, time.monotonic() + req.time_limit_s)
+    model = _Deadline(engine.torch_model, req.deadline)
     clean_emb, _ = engine.embed(image)
     (clean,), _ = engine.search(clean_emb, req.top_k)
     try:
         x_adv, value = _attack(engine, model, image, req.attack, req.eps, req.steps)
     except ProbeTimeout:
-        raise ServiceError(503, "probe_time_limit", f"the attack did not finish within {req.time_limit_s} s; "
-                           "ask for fewer steps") from None
+        raise probe_time_limit(req) from None
     adv_emb, _ = engine.embed(x_adv)
     (adversarial,), _ = engine.search(adv_emb, req.top_k)
     changed = bool(clean and adversarial and clean[0].id != adversarial[0].id)
@@ -92,6 +93,11 @@ def run_probe(engine: Engine, image: torch.Tensor, req: ProbeRequest) -> ProbeRe
         model_id=engine.model_id, index_id=engine.index_id,
         took_ms=(time.perf_counter() - start) * 1000,
     )
+
+
+def probe_time_limit(req: ProbeRequest) -> ServiceError:
+    return ServiceError(503, "probe_time_limit", f"the probe did not finish within {req.time_limit_s} s; "
+                        "ask for fewer steps")
 
 
 def _attack(engine: Engine, model: nn.Module, image: torch.Tensor, name: str, eps: float, steps: int):

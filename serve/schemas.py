@@ -87,6 +87,7 @@ class ModelInfo(BaseModel):
 
 class IndexInfo(BaseModel):
     id: str
+    generation: str = Field(description="The index generation directory this answer came from (gen-NNNNNN).")
     count: int
     dim: int
     metric: str
@@ -94,11 +95,28 @@ class IndexInfo(BaseModel):
     thumbnails: bool = Field(False, description="Whether GET /items/{id}/thumbnail can serve previews.")
 
 
+class Limits(BaseModel):
+    """The limits this server enforces (what a request beyond them gets is in the README's error table)."""
+
+    max_upload_bytes: int
+    max_batch_bytes: int
+    max_batch: int
+    max_pixels: int
+    decode_time_limit_s: float
+    probe_max_steps: int
+    probe_time_limit_s: float
+    max_header_bytes: int
+    body_timeout_s: float
+
+
 class InfoResponse(BaseModel):
     model: ModelInfo
     index: IndexInfo
     probe_enabled: bool
     attacks: list[str]
+    worker: int = Field(description="Process id of the worker that answered.")
+    serving_seq: int = Field(description="Reloads this worker has applied (equal in every worker after a reload).")
+    limits: Limits
 
 
 class Status(BaseModel):

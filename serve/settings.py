@@ -6,7 +6,7 @@ import os
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -32,17 +32,39 @@ class Settings(BaseSettings):
 
     enable_probe: bool = False
     api_key: SecretStr | None = None
-    """Required in X-API-Key for /probe (and /probe refuses when unset)."""
+    """Required in X-API-Key for /probe; with probes on, start-up refuses to go without it unless probe_without_key."""
+    probe_without_key: bool = False
+    """Serve /probe to anyone (explicit, since a probe keeps a CPU busy for seconds)."""
     admin_key: SecretStr | None = None
-    """Required in X-Admin-Key for /admin/* (and those routes refuse when unset)."""
+    """Required in X-Admin-Key for /admin/* (and those routes refuse with 403 when unset)."""
 
     max_upload_bytes: int = Field(10 * MiB, ge=1)
     """Largest single image file; also bounds the body of single-image requests."""
     max_batch_bytes: int = Field(32 * MiB, ge=1)
     """Largest body of POST /search/batch."""
-    max_pixels: int = Field(4096 * 4096, ge=1)
-    """Largest decoded image (width x height); checked from the header before decoding."""
+    max_pixels: int | None = Field(None, ge=1)
+    """Largest decoded image (width x height), checked from the header; None = sized from the model's input
+    (retrieval.images.pixel_cap: 2048x2048 for the 28x28 models)."""
+    decode_time_limit_s: float = Field(2.0, gt=0)
+    """Wall-clock limit of one image decode (422 decode_time_limit beyond it)."""
     max_batch: int = Field(32, ge=1, le=256)
+
+    max_header_bytes: int = Field(16 * 1024, ge=1024)
+    """Request line plus headers; beyond it the connection gets 431 and is closed."""
+    header_timeout_s: float = Field(10.0, gt=0)
+    """Time from a request's first byte to the end of its headers."""
+    body_timeout_s: float = Field(30.0, gt=0)
+    """Time to receive a whole request body (408 request_timeout beyond it)."""
+    keep_alive_s: int = Field(5, ge=1)
+    """An idle keep-alive connection is closed after this long."""
+    max_connections: int = Field(256, ge=1)
+    """Open connections per worker; a request on one more answers 503 too_many_connections."""
+    graceful_shutdown_s: int = Field(10, ge=1)
+    """On SIGTERM, requests in flight get this long before they are cancelled."""
+    worker_start_timeout_s: int = Field(120, ge=5)
+    """With --workers > 1: how long the supervisor waits for a worker's health answer (start-up included)."""
+    run_dir: Path | None = None
+    """Set by `serve` for its workers: where the shared serving pointer of /admin/reload lives."""
 
     probe_concurrency: int = Field(1, ge=1)
     """Probes running at once; one more answers 429."""
@@ -55,8 +77,20 @@ class Settings(BaseSettings):
 
     @field_validator("api_key", "admin_key")
     @classmethod
-    def _empty_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
-        return value if value is not None and value.get_secret_value() else None
+    def _printable_ascii(cls, value: SecretStr | None) -> SecretStr | None:
+        """Clients send header bytes, so a key must be bytes a header can carry: visible ASCII, not empty."""
+        if value is not None and not (value.get_secret_value().isascii() and value.get_secret_value().isprintable()
+                                      and value.get_secret_value().strip() == value.get_secret_value() != ""):
+            raise ValueError("must be non-empty printable ASCII without surrounding spaces")
+        return value
+
+    @model_validator(mode="after")
+    def _probe_is_keyed_or_explicitly_open(self) -> Settings:
+        if self.enable_probe and self.api_key is None and not self.probe_without_key:
+            raise ValueError("--enable-probe needs --api-key (RR_API_KEY) or an explicit --probe-without-key")
+        if self.probe_without_key and self.api_key is not None:
+            raise ValueError("--probe-without-key contradicts --api-key; choose one")
+        return self
 
     @cached_property
     def cpu_threads(self) -> int:

@@ -1,12 +1,15 @@
-"""Uploaded images: read with a byte cap, then decode through the project's one decoder (format allowlist, pixel cap)."""
+"""Uploaded images: read with a byte cap, then decode through the project's one decoder (format allowlist, pixel
+and cost caps, a wall-clock limit)."""
 
 from __future__ import annotations
+
+import time
 
 import torch
 from fastapi import UploadFile
 
 from retrieval.bundle import Bundle
-from retrieval.images import ImageError, decode_image
+from retrieval.images import ImageError, decode_image, pixel_cap
 from serve.errors import ServiceError, image_error
 from serve.settings import Settings
 
@@ -19,11 +22,19 @@ async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
     return data
 
 
-def decode(data: bytes, bundle: Bundle, settings: Settings) -> torch.Tensor:
-    """Bytes -> [1, C, H, W] in [0, 1] at the model's input size; ImageError becomes 413/415/422."""
+def decode(data: bytes, bundle: Bundle, settings: Settings, deadline: float | None = None) -> torch.Tensor:
+    """Bytes -> [1, C, H, W] in [0, 1] at the model's input size, within settings.decode_time_limit_s (and
+    `deadline`, if sooner); ImageError becomes 413/415/422."""
+    limit = time.monotonic() + settings.decode_time_limit_s
     try:
         image = decode_image(data, size=bundle.input_size, channels=bundle.channels,
-                             max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
+                             max_bytes=settings.max_upload_bytes, max_pixels=max_pixels(settings, bundle),
+                             deadline=limit if deadline is None else min(limit, deadline))
     except ImageError as exc:
         raise image_error(exc) from None
     return image.unsqueeze(0)
+
+
+def max_pixels(settings: Settings, bundle: Bundle) -> int:
+    """The configured pixel cap, else the one sized from the served model's input."""
+    return settings.max_pixels or pixel_cap(bundle.input_size)

@@ -7,6 +7,7 @@ import logging
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.errors import error_response
+from serve.middleware.request_id import loggable_path
 
 log = logging.getLogger("serve.errors")
 
@@ -29,7 +30,7 @@ class CatchAllMiddleware:
         try:
             await self.app(scope, receive, send_tracking)
         except Exception:
-            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            log.exception("unhandled error in %s %s", scope["method"], loggable_path(scope))
             if started:
                 raise  # too late for a clean answer; the server closes the connection
             response = error_response(500, "internal_error", "internal error; the server log has it under the request id")

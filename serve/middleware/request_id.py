@@ -11,6 +11,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serve.log import incoming_or_new, request_id_var
 
 access_log = logging.getLogger("serve.access")
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
+def loggable_path(scope: Scope) -> str:
+    """The path as the client sent it (still percent-encoded, so an encoded newline stays `%0A`), any raw control
+    character escaped: a request cannot forge a log record or colour the terminal."""
+    raw = scope.get("raw_path") or scope["path"].encode("utf-8", "backslashreplace")
+    return raw.decode("ascii", "backslashreplace").translate(_CONTROL)
 
 
 class RequestIdMiddleware:
@@ -35,6 +43,6 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            access_log.info("%s %s %d %.1fms", scope["method"], scope["path"], status,
+            access_log.info("%s %s %d %.1fms", scope["method"], loggable_path(scope), status,
                             (time.perf_counter() - start) * 1000)
             request_id_var.reset(token)

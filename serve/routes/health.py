@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serve.probe import PROBE_ATTACKS
 from serve.routes import errors, service
-from serve.schemas import IndexInfo, InfoResponse, ModelInfo, Status
+from serve.schemas import IndexInfo, InfoResponse, Limits, ModelInfo, Status
+from serve.uploads import max_pixels
 
 router = APIRouter(tags=["health"])
 
@@ -36,11 +39,15 @@ async def info(request: Request) -> InfoResponse:
         input_size=engine.bundle.input_size, channels=engine.bundle.channels, metric=config.get("metric", "N"),
         method=config.get("method"), eps=config.get("eps"), recall_at_1=config.get("R@1"), ers=config.get("ERS"),
     )
-    index = IndexInfo(id=engine.index_id, count=engine.count, dim=engine.bundle.embedding_dim,
+    index = IndexInfo(id=engine.index_id, generation=engine.index_id.rsplit("-", 1)[0], count=engine.count,
+                      dim=engine.bundle.embedding_dim,
                       metric=config.get("metric", "N"), type=engine.index.index_type,
                       thumbnails=engine.index.thumbnails is not None)
-    return InfoResponse(model=model, index=index, probe_enabled=state.settings.enable_probe,
-                        attacks=list(PROBE_ATTACKS))
+    settings = state.settings
+    limits = Limits(max_pixels=max_pixels(settings, engine.bundle),
+                    **settings.model_dump(include=set(Limits.model_fields) - {"max_pixels"}))
+    return InfoResponse(model=model, index=index, probe_enabled=settings.enable_probe, attacks=list(PROBE_ATTACKS),
+                        worker=os.getpid(), serving_seq=state.serving_seq, limits=limits)
 
 
 @router.get("/metrics", include_in_schema=False)

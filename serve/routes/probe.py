@@ -1,4 +1,5 @@
-"""POST /probe: off unless enabled, keyed when a key is set, one at a time per slot (429 when full), time-boxed."""
+"""POST /probe: off unless enabled, keyed unless explicitly open (both checked before the body is read), one at a
+time per slot (429 when full), and time-boxed from the start: decoding and the attack share one deadline."""
 
 from __future__ import annotations
 
@@ -7,36 +8,35 @@ from typing import Annotated, Literal
 
 import anyio
 import torch
-from fastapi import APIRouter, File, Form, Header, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
 from serve.errors import ServiceError
-from serve.probe import ProbeRequest, default_eps, run_probe
+from serve.probe import ProbeRequest, default_eps, probe_time_limit, run_probe
 from serve.routes import errors, service
 from serve.schemas import ProbeResponse
-from serve.security import check_key
+from serve.security import GuardedRoute, api_key, probe_enabled
 from serve.uploads import decode, read_upload
 
-router = APIRouter(tags=["probe"])
+router = APIRouter(tags=["probe"], route_class=GuardedRoute)
 AttackName = Literal["GTT", "QA-", "QA+", "ES"]
 
 
-@router.post("/probe", response_model=ProbeResponse, responses=errors(401, 403, 404, 413, 415, 422, 429, 503))
+@router.post("/probe", response_model=ProbeResponse, dependencies=[Depends(probe_enabled), Depends(api_key)],
+             responses=errors(400, 401, 403, 404, 408, 413, 415, 422, 429, 503))
 async def probe(
     request: Request,
     image: Annotated[UploadFile, File(description="Query image to attack.")],
     attack: Annotated[AttackName, Form(description="Attack from the engine's registry.")] = "GTT",
     eps: Annotated[float | None, Form(ge=0, le=1, description="L-inf budget; default: the bundle's training eps.")] = None,
-    steps: Annotated[int, Form(ge=1, le=1000, description="PGD steps (at most the server's probe_max_steps).")] = 32,
+    steps: Annotated[int, Form(ge=1, description="PGD steps, at most the server's probe_max_steps (/info limits; "
+                                                 "422 too_many_steps beyond).")] = 32,
     top_k: Annotated[int, Form(ge=1, le=100)] = 10,
     return_image: Annotated[bool, Form(description="Include the adversarial image as base64 PNG.")] = False,
-    x_api_key: Annotated[str | None, Header(description="Required when the server has an API key.")] = None,
 ) -> ProbeResponse:
     """Attack the query live against the served gallery and report how its ranking moves."""
     state = service(request)
     settings = state.settings
-    if not settings.enable_probe:
-        raise ServiceError(404, "probe_disabled", "probes are disabled on this server (--enable-probe)")
-    check_key(settings.api_key, x_api_key, header="X-API-Key", open_when_unset=True)
+    deadline = time.monotonic() + settings.probe_time_limit_s
     if steps > settings.probe_max_steps:
         raise ServiceError(422, "too_many_steps", f"steps must be <= {settings.probe_max_steps}")
     engine = state.current()
@@ -46,12 +46,18 @@ async def probe(
     try:
         req = ProbeRequest(attack=attack, eps=default_eps(engine) if eps is None else eps, steps=steps, top_k=top_k,
                            return_image=return_image, bisection_steps=min(steps, settings.probe_bisection_steps),
-                           time_limit_s=settings.probe_time_limit_s)
+                           time_limit_s=settings.probe_time_limit_s, deadline=deadline)
         start = time.perf_counter()
 
         def work() -> ProbeResponse:
             torch.set_num_threads(settings.cpu_threads)
-            return run_probe(engine, decode(blob, engine.bundle, settings), req)
+            try:
+                query = decode(blob, engine.bundle, settings, deadline=deadline)
+            except ServiceError as exc:
+                if exc.code == "decode_time_limit" and time.monotonic() > deadline:
+                    raise probe_time_limit(req) from None
+                raise
+            return run_probe(engine, query, req)
 
         response = await anyio.to_thread.run_sync(work)
         state.metrics.probe.observe(time.perf_counter() - start)

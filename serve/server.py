@@ -1,0 +1,176 @@
+"""The HTTP server around the app: transport limits the project sets (not uvicorn's defaults), the worker supervisor,
+and `run`, the start-up of `robust-retrieval serve`.
+
+uvicorn (0.55, httptools) bounds neither the size of a request's headers nor the time a client may take to send
+them, and its connection cap answers in plain text, so `BoundedHttpProtocol` adds all three; body-read time is
+bounded by serve.middleware.body_limit, idle keep-alive by uvicorn's own timer. deploy/nginx.conf repeats these
+limits for deployments behind a reverse proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import tempfile
+from pathlib import Path
+
+import uvicorn
+from pydantic import ValidationError
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.supervisors.multiprocess import Multiprocess
+
+from retrieval.errors import UserError
+from serve.log import configure_logging
+from serve.settings import Settings
+
+log = logging.getLogger("serve.server")
+
+
+def _json_response(status: int, reason: str, code: str, message: str) -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n")
+    return head.encode("ascii") + body
+
+
+class BoundedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a limit on header bytes (431), a deadline for the headers from the
+    connection's or request's first byte (408, then close), and a connection cap answered as JSON (503)."""
+
+    limits: Settings  # set on a subclass per server by `protocol_for`
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_bytes, self._header_timer = 0, None
+        self._start_headers()  # a connection that never sends a request is closed too
+
+    def on_message_begin(self) -> None:
+        self._start_headers()
+        super().on_message_begin()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._header_timer is not None and not self.transport.is_closing():  # still inside the headers
+            self._header_bytes += len(data)
+            if self._header_bytes > self.limits.max_header_bytes:
+                self._refuse(431, "Request Header Fields Too Large", "headers_too_large",
+                             f"request line and headers larger than {self.limits.max_header_bytes} bytes")
+
+    def on_headers_complete(self) -> None:
+        self._stop_headers()
+        if len(self.connections) <= self.limits.max_connections:
+            super().on_headers_complete()
+            return
+        app, self.app = self.app, _too_many_connections(self.limits.max_connections)
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
+
+    def connection_lost(self, exc) -> None:  # type: ignore[override]
+        self._stop_headers()
+        super().connection_lost(exc)
+
+    def _start_headers(self) -> None:
+        if self._header_timer is None:
+            self._header_bytes = 0
+            self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._header_timeout)
+
+    def _stop_headers(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        self._refuse(408, "Request Timeout", "request_timeout",
+                     f"request headers not received within {self.limits.header_timeout_s} s")
+
+    def _refuse(self, status: int, reason: str, code: str, message: str) -> None:
+        self._stop_headers()
+        if not self.transport.is_closing():
+            self.transport.write(_json_response(status, reason, code, message))
+            self.transport.close()
+
+
+def _too_many_connections(cap: int):
+    async def app(scope, receive, send) -> None:
+        body = json.dumps({"error": {"code": "too_many_connections",
+                                     "message": f"more than {cap} open connections; retry later"}}).encode()
+        await send({"type": "http.response.start", "status": 503, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"), (b"retry-after", b"1")]})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def protocol_for(settings: Settings) -> type[BoundedHttpProtocol]:
+    return type("BoundedHttp", (BoundedHttpProtocol,), {"limits": settings})
+
+
+def uvicorn_config(app, settings: Settings, **overrides) -> uvicorn.Config:
+    """The one place the transport limits become server settings (serve and the tests use it alike)."""
+    options = dict(host=settings.host, port=settings.port, http=protocol_for(settings), log_config=None,
+                   access_log=False, lifespan="on", timeout_keep_alive=settings.keep_alive_s,
+                   timeout_graceful_shutdown=settings.graceful_shutdown_s,
+                   timeout_worker_healthcheck=settings.worker_start_timeout_s, workers=settings.workers)
+    return uvicorn.Config(app, **(options | overrides))
+
+
+class LoggingSupervisor(Multiprocess):
+    """uvicorn's multi-worker supervisor, saying why a worker is replaced (uvicorn only says that it 'died')."""
+
+    def keep_subprocess_alive(self) -> None:
+        for process in self.processes:
+            if self.should_exit.is_set():
+                return
+            code = process.process.exitcode
+            if code is not None:
+                why = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+                log.error("worker %s %s; its log lines above say why; starting another", process.pid, why)
+            elif not process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                log.error("worker %s did not answer the supervisor's health check within %d s "
+                          "(RR_WORKER_START_TIMEOUT_S); killing it and starting another",
+                          process.pid, self.config.timeout_worker_healthcheck)
+        super().keep_subprocess_alive()
+
+
+def create_app_from_env():
+    """uvicorn factory (one call per worker process): settings come from the RR_* environment."""
+    from serve.app import create_app
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)
+
+
+def run(**options: object) -> None:
+    """Validate the options, hand them to the workers as RR_* variables, and serve with the project's limits."""
+    given = {name: value for name, value in options.items() if value is not None}
+    try:
+        settings = Settings(**given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        raise UserError(f"invalid serve settings: {where + ': ' if where else ''}{error['msg']}") from None
+    if not settings.index.is_dir():
+        raise UserError(f"index directory {settings.index} does not exist")
+    configure_logging(settings.log_level)
+    if settings.workers == 1:
+        uvicorn.Server(uvicorn_config(_single_app(settings), settings)).run()
+        return
+    run_dir = Path(tempfile.mkdtemp(prefix="rr-serve-"))  # the workers' shared serving pointer (serve.state)
+    for name, value in (given | {"run_dir": run_dir}).items():
+        os.environ[f"RR_{name.upper()}"] = str(value)
+    config = uvicorn_config("serve.server:create_app_from_env", settings, factory=True)
+    socket = config.bind_socket()
+    LoggingSupervisor(config, target=uvicorn.Server(config).run, sockets=[socket]).run()
+
+
+def _single_app(settings: Settings):
+    from serve.app import create_app
+
+    return create_app(settings)
