@@ -56,7 +56,7 @@ def test_hnsw_meets_recall_target_on_sample() -> None:
     gallery = GalleryIndex.build(clustered(3000, 32), table(3000), "hnsw")
     info = gallery.info
     assert info["recall_at_10"] >= 0.95 and "efSearch" in info["search_params"]
-    assert info["latency"]["p50_ms"] <= info["latency"]["p99_ms"]
+    assert 0 < info["latency"]["p50_ms"] <= info["latency"]["p99_ms"]  # measured, not a placeholder
 
 
 @pytest.mark.slow
