@@ -25,6 +25,13 @@ def second_index(artifacts):
     return out
 
 
+def _wait_for(condition, what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        time.sleep(0.01)
+
+
 @pytest.mark.slow
 def test_reload_under_load_fails_no_request(make_settings, artifacts, second_index):
     image = png(artifacts.queries[0])
@@ -44,16 +51,17 @@ def test_reload_under_load_fails_no_request(make_settings, artifacts, second_ind
         threads = [threading.Thread(target=hammer, args=(live.url,)) for _ in range(4)]
         for t in threads:
             t.start()
-        while len(statuses) < 20:
-            time.sleep(0.01)
-        reload = httpx.post(f"{live.url}/admin/reload", json={"path": "second"}, headers={"X-Admin-Key": ADMIN_KEY},
-                            timeout=60)
-        seen = len(statuses)
-        while len(statuses) < seen + 20:
-            time.sleep(0.01)
-        stop.set()
-        for t in threads:
-            t.join()
+        try:
+            _wait_for(lambda: len(statuses) >= 20, "20 searches before the reload")
+            reload = httpx.post(f"{live.url}/admin/reload", json={"path": "second"},
+                                headers={"X-Admin-Key": ADMIN_KEY}, timeout=60)
+            seen = len(statuses)
+            _wait_for(lambda: len(statuses) >= seen + 20, "20 searches after the reload")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+        assert not any(t.is_alive() for t in threads), "a search client hung"
         new = httpx.get(f"{live.url}/info").json()["index"]
         broken = httpx.post(f"{live.url}/admin/reload", json={"path": "missing"}, headers={"X-Admin-Key": ADMIN_KEY})
         still = httpx.get(f"{live.url}/info").json()["index"]
