@@ -1,5 +1,5 @@
-"""Shared by the service benchmarks: tiny artifacts, a `robust-retrieval serve` subprocess, and an async client
-that records every request's latency and status."""
+"""Shared by the service benchmarks: tiny artifacts (and a 10k gallery), a `robust-retrieval serve` subprocess, the
+server's CPU seconds from /proc, and an async client that records every request's latency and status."""
 
 from __future__ import annotations
 
@@ -20,12 +20,29 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "bench-key"
 sys.path.insert(0, str(ROOT / "tests" / "serve"))
-from serve_artifacts import Artifacts, build_artifacts  # noqa: E402  (the tests' artifact builder)
+from serve_artifacts import Artifacts, build_artifacts, write_index  # noqa: E402  (the tests' artifact builder)
 from serve_helpers import png  # noqa: E402
+
+from retrieval.datasets import load_dataset  # noqa: E402
 
 
 def artifacts(workdir: Path) -> Artifacts:
     return build_artifacts(workdir)
+
+
+def fashion_10k(workdir: Path) -> Artifacts:
+    """The tests' model at the default 512-d embedding over all 10,000 Fashion-MNIST test images (flat index)."""
+    art = build_artifacts(workdir, embedding_dim=512)
+    test = load_dataset("fashion-mnist", "test")
+    index = art.root / "fashion-10k"
+    write_index(art.bundle, test.tensors(), test.labels, index, [test.source(i) for i in range(len(test))])
+    return Artifacts(bundle=art.bundle, index=index, root=art.root, queries=art.queries, query_labels=art.query_labels)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all threads together (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -35,13 +52,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served(art: Artifacts, *extra: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """The real command line, probes on, until ready; stopped (SIGTERM) afterwards."""
+def served(art: Artifacts, *extra: str, log_level: str = "warning",
+           log_file: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The real command line, probes on, until ready (its log to `log_file` if given); stopped (SIGTERM) afterwards."""
     port = free_port()
-    env = os.environ | {"RR_API_KEY": API_KEY, "RR_LOG_LEVEL": "warning"}
+    env = os.environ | {"RR_API_KEY": API_KEY, "RR_LOG_LEVEL": log_level}
     cmd = [sys.executable, "-c", "from serve.cli import main; main()", "serve", str(art.index), "--bundle",
            str(art.bundle), "--port", str(port), "--enable-probe", *extra]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    log = open(log_file, "ab") if log_file else None
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -56,6 +75,8 @@ def served(art: Artifacts, *extra: str) -> Iterator[tuple[str, subprocess.Popen]
     finally:
         proc.terminate()
         proc.wait(30)
+        if log:
+            log.close()
 
 
 @dataclass

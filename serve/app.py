@@ -12,6 +12,7 @@ import torch
 from fastapi import FastAPI
 
 from retrieval.errors import UserError
+from serve.batching import SearchBatcher
 from serve.engine import Engine, load_engine
 from serve.errors import install_error_handlers
 from serve.metrics import Metrics
@@ -41,9 +42,11 @@ def create_app(settings: Settings, *, loader: Loader = default_loader) -> FastAP
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = ServiceState(settings, metrics)
         app.state.service = state
+        app.state.batcher = SearchBatcher(settings, metrics, state.cpu_limiter)
         torch.set_num_threads(settings.cpu_threads)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_load, state, loader)
+            tasks.start_soon(app.state.batcher.run)
             tasks.start_soon(state.follow)  # other workers' reloads (serve.state)
             yield
             tasks.cancel_scope.cancel()

@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 
@@ -44,8 +43,7 @@ class Engine:
         return self.embedder.embed(images), time.perf_counter() - start
 
     def search(self, embeddings: np.ndarray, top_k: int) -> tuple[list[list[SearchHit]], float]:
-        """Rankings as response items; FAISS gets one thread because parallelism comes from concurrent requests."""
-        faiss.omp_set_num_threads(1)
+        """Rankings as response items (GalleryIndex.search runs FAISS on the calling thread only)."""
         start = time.perf_counter()
         scores, ids = self.index.search(embeddings, min(top_k, self.count))
         took = time.perf_counter() - start

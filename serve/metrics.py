@@ -21,10 +21,12 @@ class Metrics:
             "rr_http_request_duration_seconds", "HTTP request latency by route template, method and status.",
             ("route", "method", "status"), buckets=_FAST + _SLOW[6:], registry=self.registry,
         )
-        self.embed = Histogram("rr_embed_duration_seconds", "onnxruntime embedding of one request.",
+        self.embed = Histogram("rr_embed_duration_seconds", "onnxruntime embedding of one batch of queries.",
                                buckets=_FAST, registry=self.registry)
-        self.search = Histogram("rr_search_duration_seconds", "FAISS search of one request.",
+        self.search = Histogram("rr_search_duration_seconds", "FAISS search of one batch of queries.",
                                 buckets=_FAST, registry=self.registry)
+        self.batch_size = Histogram("rr_search_batch_size", "Queries answered by one embed + search (micro-batching).",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
         self.probe = Histogram("rr_probe_duration_seconds", "A whole /probe (attack and bisection).",
                                buckets=_SLOW, registry=self.registry)
         self.index_size = Gauge("rr_index_size", "Items in the served gallery index.", registry=self.registry)

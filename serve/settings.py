@@ -94,8 +94,8 @@ class Settings(BaseSettings):
 
     @cached_property
     def cpu_threads(self) -> int:
-        """Threads this worker may keep busy: the configured number, or its share of the cores."""
-        return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
+        """Threads this worker may keep busy: the configured number, or its share of the cores it may run on."""
+        return self.threads or max(1, len(os.sched_getaffinity(0)) // self.workers)
 
     @cached_property
     def allowed_index_root(self) -> Path:

@@ -1,30 +1,53 @@
-"""POST /search and /search/batch: decode, embed (ONNX) and search (FAISS) off the event loop."""
+"""POST /search and /search/batch: the images are queued for the micro-batcher (serve.batching), which decodes,
+embeds (ONNX) and searches (FAISS) the queries of concurrent requests together."""
 
 from __future__ import annotations
 
 import time
 from typing import Annotated
 
-import anyio
-import torch
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from starlette.datastructures import UploadFile as StarletteUpload
 
+from serve.batching import SearchBatcher
 from serve.errors import ServiceError
 from serve.routes import errors, service
 from serve.schemas import BatchItem, BatchSearchResponse, SearchResponse
-from serve.uploads import decode, read_upload
+from serve.settings import Settings
+from serve.uploads import read_upload
 
 router = APIRouter(tags=["search"])
-TopK = Annotated[int, Form(ge=1, le=100, description="Results per image.")]
+TOP_K_MAX = 100
+TopK = Annotated[int, Form(ge=1, le=TOP_K_MAX, description="Results per image.")]
+_TOP_K = {"type": "integer", "minimum": 1, "maximum": TOP_K_MAX, "default": 10, "description": "Results."}
+_SEARCH_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+        "image": {"type": "string", "format": "binary", "description": "Query image."}, "top_k": _TOP_K}}},
+    "image/*": {"schema": {"type": "string", "format": "binary", "description": "Query image as the whole body "
+                                                                               "(top_k in the query string)."}},
+}}}
+"""/search reads its body itself (one small file needs no form machinery, and a raw image body none at all), so
+its two body forms are declared here for the OpenAPI document."""
 
 
-@router.post("/search", response_model=SearchResponse, responses=errors(413, 415, 422, 503))
-async def search(request: Request, image: Annotated[UploadFile, File(description="Query image.")],
-                 top_k: TopK = 10) -> SearchResponse:
-    """The gallery items nearest to one query image."""
+def batcher(request: Request) -> SearchBatcher:
+    return request.app.state.batcher
+
+
+@router.post("/search", response_model=SearchResponse, responses=errors(413, 415, 422, 503),
+             openapi_extra=_SEARCH_BODY)
+async def search(request: Request, top_k: Annotated[int, Query(ge=1, le=TOP_K_MAX, description=(
+                     "Results, with a raw image body (a form's own top_k field wins)."))] = 10) -> SearchResponse:
+    """The gallery items nearest to one query image: a multipart form (field `image`, optional `top_k`) or the
+    image itself as the body with an `image/*` Content-Type."""
     start = time.perf_counter()
-    items, engine = await _rank(request, [image], top_k)
-    return SearchResponse(results=items[0].results, model_id=engine.model_id, index_id=engine.index_id,
+    state = service(request)
+    engine = state.current()  # read once: a concurrent reload cannot mix two indexes in one answer
+    queue = batcher(request)
+    with queue.arriving():
+        image, top_k = await _query(request, state.settings, top_k)
+    rankings = await queue.search(engine, [image], top_k)
+    return SearchResponse(results=rankings[0], model_id=engine.model_id, index_id=engine.index_id,
                           took_ms=(time.perf_counter() - start) * 1000)
 
 
@@ -33,26 +56,35 @@ async def search_batch(request: Request, images: Annotated[list[UploadFile], Fil
                        top_k: TopK = 10) -> BatchSearchResponse:
     """Several query images in one request, embedded as one batch."""
     start = time.perf_counter()
-    limit = service(request).settings.max_batch
+    state = service(request)
+    limit = state.settings.max_batch
     if len(images) > limit:
         raise ServiceError(413, "too_many_images", f"{len(images)} images; a batch holds at most {limit}")
-    items, engine = await _rank(request, images, top_k)
-    return BatchSearchResponse(items=items, model_id=engine.model_id, index_id=engine.index_id,
-                               took_ms=(time.perf_counter() - start) * 1000)
+    engine = state.current()
+    blobs = [await read_upload(upload, state.settings) for upload in images]
+    rankings = await batcher(request).search(engine, blobs, top_k)
+    return BatchSearchResponse(items=[BatchItem(results=hits) for hits in rankings], model_id=engine.model_id,
+                               index_id=engine.index_id, took_ms=(time.perf_counter() - start) * 1000)
 
 
-async def _rank(request: Request, uploads: list[UploadFile], top_k: int):
-    state = service(request)
-    engine = state.current()  # read once: a concurrent reload cannot mix two indexes in one answer
-    blobs = [await read_upload(upload, state.settings) for upload in uploads]
+async def _query(request: Request, settings: Settings, top_k: int) -> tuple[bytes, int]:
+    """The image bytes and top_k of a /search body: raw `image/*`, or a form with `image` and `top_k`."""
+    if request.headers.get("content-type", "").startswith("image/"):
+        image = await request.body()
+        if len(image) > settings.max_upload_bytes:
+            raise ServiceError(413, "image_too_large", f"image larger than {settings.max_upload_bytes} bytes")
+        return image, top_k
+    async with request.form(max_files=1, max_fields=8) as form:
+        upload = form.get("image")
+        if not isinstance(upload, StarletteUpload):
+            raise ServiceError(422, "invalid_request", "image: a multipart file field `image` (or a raw image/* "
+                                                       "body) is required")
+        return await read_upload(upload, settings), _form_top_k(form.get("top_k"), top_k)
 
-    def work():
-        images = torch.cat([decode(blob, engine.bundle, state.settings) for blob in blobs])
-        embeddings, embed_s = engine.embed(images)
-        rankings, search_s = engine.search(embeddings, top_k)
-        return rankings, embed_s, search_s
 
-    rankings, embed_s, search_s = await anyio.to_thread.run_sync(work, limiter=state.cpu_limiter)
-    state.metrics.embed.observe(embed_s)
-    state.metrics.search.observe(search_s)
-    return [BatchItem(results=hits) for hits in rankings], engine
+def _form_top_k(value: object, default: int) -> int:
+    if value is None:
+        return default
+    if not isinstance(value, str) or not value.strip().isdigit() or not 1 <= int(value) <= TOP_K_MAX:
+        raise ServiceError(422, "invalid_request", f"top_k: must be an integer from 1 to {TOP_K_MAX}")
+    return int(value)

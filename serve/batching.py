@@ -1,0 +1,153 @@
+"""Micro-batching of search queries: the queries waiting when a CPU slot frees up share one onnxruntime call and one
+FAISS search, so per-request overhead is paid once per batch and a burst is answered in a few large steps instead of
+many small ones (which is what evens out tail latency).
+
+A batch takes its queries in arrival order, all of one Engine (index generation): a query that read another engine
+waits for the next batch. It waits at most `max_wait_s` for more queries, and only while requests are known to be on
+their way (counted by `arriving`), so a lone request never waits. Every query is decoded on its own: a bad image
+fails only its own request.
+
+Hand-written rather than a library because the batch must respect the engine grouping and per-query errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import anyio
+import torch
+
+from serve.engine import Engine
+from serve.metrics import Metrics
+from serve.schemas import SearchHit
+from serve.settings import Settings
+from serve.uploads import decode
+
+MAX_WAIT_S = 0.002
+"""Longest a batch waits for requests still reading their body (a small fraction of one query's cost)."""
+
+
+@dataclass(frozen=True)
+class _Query:
+    engine: Engine
+    image: bytes
+    top_k: int
+    answer: asyncio.Future
+
+
+class SearchBatcher:
+    """Queues queries from the routes; `run` (a task of the app's lifespan) answers them in batches."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, slots: anyio.CapacityLimiter, *,
+                 max_wait_s: float = MAX_WAIT_S) -> None:
+        self.settings, self.metrics, self.slots, self.max_wait_s = settings, metrics, slots, max_wait_s
+        self._queue: collections.deque[_Query] = collections.deque()
+        self._wake = asyncio.Event()
+        self._arriving = 0
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Around a request's body read: tells a forming batch that one more query is on its way."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
+            self._wake.set()
+
+    async def search(self, engine: Engine, images: list[bytes], top_k: int) -> list[list[SearchHit]]:
+        """Rankings of `images` in `engine`; raises the first failing image's error (413/415/422)."""
+        loop = asyncio.get_running_loop()
+        queries = [_Query(engine, image, top_k, loop.create_future()) for image in images]
+        self._queue.extend(queries)
+        self._wake.set()
+        answers = await asyncio.gather(*(q.answer for q in queries), return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        return answers
+
+    async def run(self) -> None:
+        """One consumer per CPU slot, each taking the next batch when it is free."""
+        async with anyio.create_task_group() as tasks:
+            for _ in range(int(self.slots.total_tokens)):
+                tasks.start_soon(self._consume)
+
+    async def _consume(self) -> None:
+        inline = self.slots.total_tokens == 1  # one slot: a thread hop per batch would buy no parallelism
+        while True:
+            batch = await self._next_batch()
+            try:
+                if inline:
+                    async with self.slots:
+                        answers = self._answer(batch)
+                else:
+                    answers = await anyio.to_thread.run_sync(self._answer, batch, limiter=self.slots)
+            except Exception as exc:  # noqa: BLE001  (a consumer must outlive any one batch)
+                answers = [exc] * len(batch)
+            for query, answer in zip(batch, answers):
+                if query.answer.done():  # the client went away
+                    continue
+                if isinstance(answer, BaseException):
+                    query.answer.set_exception(answer)
+                else:
+                    query.answer.set_result(answer)
+
+    async def _next_batch(self) -> list[_Query]:
+        await asyncio.sleep(0)  # let requests whose bytes are already here reach the queue first
+        while not self._queue:
+            self._wake.clear()
+            await self._wake.wait()
+        engine = self._queue[0].engine
+        batch = self._take(engine, self.settings.max_batch)
+        deadline = asyncio.get_running_loop().time() + self.max_wait_s
+        while len(batch) < self.settings.max_batch and self._arriving:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            batch += self._take(engine, self.settings.max_batch - len(batch))
+        return batch
+
+    def _take(self, engine: Engine, limit: int) -> list[_Query]:
+        """Up to `limit` queued queries of `engine`, oldest first; the others keep their place."""
+        taken, kept = [], collections.deque()
+        while self._queue and len(taken) < limit:
+            query = self._queue.popleft()
+            if query.answer.done():
+                continue
+            (taken if query.engine is engine else kept).append(query)
+        self._queue.extendleft(reversed(kept))
+        return taken
+
+    def _answer(self, batch: list[_Query]) -> list[list[SearchHit] | BaseException]:
+        """Decode each image (its own error on failure), then one embed and one search for the decodable ones."""
+        engine = batch[0].engine
+        answers: list[list[SearchHit] | BaseException] = [[] for _ in batch]
+        images, decoded = [], []
+        for i, query in enumerate(batch):
+            try:
+                images.append(decode(query.image, engine.bundle, self.settings))
+                decoded.append(i)
+            except Exception as exc:  # noqa: BLE001  (ServiceError 413/415/422; anything else answers 500)
+                answers[i] = exc
+        if decoded:
+            try:
+                embeddings, embed_s = engine.embed(torch.cat(images))
+                rankings, search_s = engine.search(embeddings, max(batch[i].top_k for i in decoded))
+            except Exception as exc:  # the whole batch shares its embed and search, so it shares their failure
+                for i in decoded:
+                    answers[i] = exc
+                return answers
+            self.metrics.embed.observe(embed_s)
+            self.metrics.search.observe(search_s)
+            self.metrics.batch_size.observe(len(decoded))
+            for i, hits in zip(decoded, rankings):
+                answers[i] = hits[:batch[i].top_k]
+        return answers
