@@ -19,7 +19,8 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.supervisors.multiprocess import Multiprocess
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from retrieval.errors import UserError
 from serve.log import configure_logging
@@ -39,7 +40,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a limit on header bytes (431), a deadline for the headers from the
     connection's or request's first byte (408, then close), and a connection cap answered as JSON (503)."""
 
-    limits: Settings  # set on a subclass per server by `protocol_for`
+    def __init__(self, config: ServerConfig, *args, **kwargs) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.limits = config.settings
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -107,35 +110,52 @@ def _too_many_connections(cap: int):
     return app
 
 
-def protocol_for(settings: Settings) -> type[BoundedHttpProtocol]:
-    return type("BoundedHttp", (BoundedHttpProtocol,), {"limits": settings})
+class ServerConfig(uvicorn.Config):
+    """uvicorn's Config carrying the service settings to BoundedHttpProtocol (in every worker: it is pickled)."""
+
+    def __init__(self, app, settings: Settings, **options) -> None:
+        super().__init__(app, **options)
+        self.settings = settings
 
 
-def uvicorn_config(app, settings: Settings, **overrides) -> uvicorn.Config:
+def uvicorn_config(app, settings: Settings, **overrides) -> ServerConfig:
     """The one place the transport limits become server settings (serve and the tests use it alike)."""
-    options = dict(host=settings.host, port=settings.port, http=protocol_for(settings), log_config=None,
+    options = dict(host=settings.host, port=settings.port, http=BoundedHttpProtocol, log_config=None,
                    access_log=False, lifespan="on", timeout_keep_alive=settings.keep_alive_s,
                    timeout_graceful_shutdown=settings.graceful_shutdown_s,
                    timeout_worker_healthcheck=settings.worker_start_timeout_s, workers=settings.workers)
-    return uvicorn.Config(app, **(options | overrides))
+    return ServerConfig(app, settings, **(options | overrides))
 
 
 class LoggingSupervisor(Multiprocess):
-    """uvicorn's multi-worker supervisor, saying why a worker is replaced (uvicorn only says that it 'died')."""
+    """uvicorn's multi-worker supervisor, saying why it replaces a worker (uvicorn only logs that it 'died').
+
+    The loop is uvicorn 0.55's `keep_subprocess_alive` with the reason added."""
 
     def keep_subprocess_alive(self) -> None:
-        for process in self.processes:
+        timeout = self.config.timeout_worker_healthcheck
+        for idx, process in enumerate(self.processes):
             if self.should_exit.is_set():
                 return
+            if process.is_alive(timeout=timeout):
+                continue
             code = process.process.exitcode
-            if code is not None:
-                why = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-                log.error("worker %s %s; its log lines above say why; starting another", process.pid, why)
-            elif not process.is_alive(timeout=self.config.timeout_worker_healthcheck):
-                log.error("worker %s did not answer the supervisor's health check within %d s "
-                          "(RR_WORKER_START_TIMEOUT_S); killing it and starting another",
-                          process.pid, self.config.timeout_worker_healthcheck)
-        super().keep_subprocess_alive()
+            process.kill()
+            process.join()
+            if code is None:
+                why = f"did not answer the supervisor's health check within {timeout} s (RR_WORKER_START_TIMEOUT_S)"
+            elif code < 0:
+                why = f"was killed by signal {signal.Signals(-code).name}"
+            else:
+                why = f"exited with status {code} (its log lines above say why)"
+            if code == STARTUP_FAILURE:
+                log.error("worker %s %s before it could serve; stopping", process.pid, why)
+                self.should_exit.set()
+                return
+            log.error("worker %s %s; starting another", process.pid, why)
+            replacement = Process(self.config, self.sockets)
+            replacement.start()
+            self.processes[idx] = replacement
 
 
 def create_app_from_env():
@@ -167,7 +187,7 @@ def run(**options: object) -> None:
         os.environ[f"RR_{name.upper()}"] = str(value)
     config = uvicorn_config("serve.server:create_app_from_env", settings, factory=True)
     socket = config.bind_socket()
-    LoggingSupervisor(config, target=uvicorn.Server(config).run, sockets=[socket]).run()
+    LoggingSupervisor(config, sockets=[socket]).run()
 
 
 def _single_app(settings: Settings):

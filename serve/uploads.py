@@ -28,7 +28,7 @@ def decode(data: bytes, bundle: Bundle, settings: Settings, deadline: float | No
     limit = time.monotonic() + settings.decode_time_limit_s
     try:
         image = decode_image(data, size=bundle.input_size, channels=bundle.channels,
-                             max_bytes=settings.max_upload_bytes, max_pixels=max_pixels(settings, bundle),
+                             max_pixels=max_pixels(settings, bundle),  # bytes: capped once, by read_upload
                              deadline=limit if deadline is None else min(limit, deadline))
     except ImageError as exc:
         raise image_error(exc) from None
