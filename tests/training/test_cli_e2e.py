@@ -1,0 +1,80 @@
+"""`evaluate` and `report` end to end through the root command, on two tiny trained runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from training_runs import write_idx
+
+from retrieval.ers import ATTACK_KEYS, ers, ers_normalize
+from serve.cli import main
+
+TINY = ["--batch-pairs", "8", "--train-subset", "32", "--val-subset", "16", "--device", "cpu", "--num-workers", "0",
+        "--max-steps", "2", "--pgd-steps", "1"]
+EVALUATE = ["--max-queries", "12", "--batch-size", "6", "--steps", "2", "--no-progress", "--device", "cpu"]
+
+
+def cli(monkeypatch, *args: str) -> int:
+    """The console entry point in-process; its exit code."""
+    monkeypatch.setattr(sys, "argv", ["robust-retrieval", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """N/A[R] and HM[S,gLGA] trained for two iterations, then evaluated through the CLI."""
+    root = tmp_path_factory.mktemp("cli-e2e")
+    data = write_idx(root / "data")
+    runs = {}
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for method in ("N/A[R]", "HM[S,gLGA]"):
+            out = root / method.replace("/", "").replace("[", "-").replace(",", "-").strip("]")
+            assert cli(monkeypatch, "train", "--out", str(out), "--dataset", "mnist", "--data-root", str(data),
+                       "--method", method, *TINY) == 0
+            assert cli(monkeypatch, "evaluate", str(out), *EVALUATE) == 0
+            runs[method] = out
+    return runs
+
+
+@pytest.mark.slow
+def test_evaluate_writes_every_attack_and_a_consistent_ers(runs):
+    for method, run in runs.items():
+        report = json.loads((run / "robustness.json").read_text())
+        assert report["method"] == method
+        assert set(report["attacks"]) == set(ATTACK_KEYS)
+        assert report["config"]["queries"] == 12 and report["config"]["steps"] == 2
+        assert report["normalized"] == pytest.approx(ers_normalize(report["attacks"]))
+        assert report["ERS"] == pytest.approx(ers(report["attacks"]))
+        assert 0 <= report["benign"]["R@1"] <= 100 and report["attacks"]["ES:D"] >= 0  # table units
+        assert method in (run / "robustness.md").read_text()
+
+
+@pytest.mark.slow
+def test_report_gathers_the_runs_into_one_table_and_plots(runs, monkeypatch, capsys, tmp_path):
+    out = tmp_path / "report"
+    assert cli(monkeypatch, "report", *map(str, runs.values()), "-o", str(out)) == 0, capsys.readouterr().err
+    rows = json.loads((out / "report.json").read_text())
+    assert [r["method"] for r in rows] == list(runs)
+    for row, run in zip(rows, runs.values()):
+        evaluated = json.loads((run / "robustness.json").read_text())
+        assert row["ERS"] == pytest.approx(evaluated["ERS"])
+        assert row["cost"] == json.loads((run / "metrics.json").read_text())["paper_cost"]
+    table = (out / "report.md").read_text()
+    assert all(f"| {m} |" in table for m in runs)
+    for name in ("ers_vs_cost.png", "r1_vs_ers.png", *(f"attacks_{run.name}.png" for run in runs.values())):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+@pytest.mark.parametrize("command", ["evaluate", "report"])
+def test_a_run_without_its_files_is_one_error_line(command, monkeypatch, capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    args = [command, str(tmp_path / "empty")] + (["-o", str(tmp_path / "out")] if command == "report" else [])
+    code = cli(monkeypatch, *args)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
