@@ -27,6 +27,7 @@ from serve.log import configure_logging
 from serve.settings import Settings
 
 log = logging.getLogger("serve.server")
+LINGER_S = 2.0
 
 
 def _json_response(status: int, reason: str, code: str, message: str) -> bytes:
@@ -46,7 +47,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._header_bytes, self._header_timer = 0, None
+        self._header_bytes, self._header_timer, self._refused = 0, None, False
         self._start_headers()  # a connection that never sends a request is closed too
 
     def on_message_begin(self) -> None:
@@ -54,6 +55,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering close: drain what the client still sends, so that it can read our answer
         super().data_received(data)
         if self._header_timer is not None and not self.transport.is_closing():  # still inside the headers
             self._header_bytes += len(data)
@@ -92,10 +95,15 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                      f"request headers not received within {self.limits.header_timeout_s} s")
 
     def _refuse(self, status: int, reason: str, code: str, message: str) -> None:
+        """Answer, stop parsing, and close after LINGER_S (closing at once would reset the connection while the
+        client is still sending, and the reset discards the answer before the client reads it)."""
         self._stop_headers()
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() and not self._refused:
+            self._refused = True
             self.transport.write(_json_response(status, reason, code, message))
-            self.transport.close()
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
 
 
 def _too_many_connections(cap: int):

@@ -11,18 +11,24 @@ import httpx
 import uvicorn
 from PIL import Image
 
+from serve.server import uvicorn_config
+
 API_KEY, ADMIN_KEY = "test-api-key", "test-admin-key"
 
 
 class LiveServer:
     """uvicorn serving an app in a background thread on a socket bound before start (no port race)."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, settings=None) -> None:
+        """With `settings`, the server has the project's transport limits (serve.server.uvicorn_config)."""
         self.app = app
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=1)
+        if settings is None:
+            config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=1)
+        else:
+            config = uvicorn_config(app, settings, workers=1, timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
