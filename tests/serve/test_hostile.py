@@ -24,6 +24,7 @@ import bombs
 from retrieval.bundle import sha256_file
 from serve.app import create_app
 from serve_helpers import ADMIN_KEY, API_KEY, LiveServer, png
+from test_security import _Records
 from test_uploads import _png_header_only
 
 TIMEOUT_S = 20
@@ -211,15 +212,6 @@ def test_unparseable_forms_are_400_invalid_multipart(http, body, content_type):
 
 # Logs.
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 def test_a_path_cannot_forge_log_records(http):
     handler = _Records()
     logger = logging.getLogger("serve.access")
@@ -231,7 +223,7 @@ def test_a_path_cannot_forge_log_records(http):
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-    line = next(line for line in handler.lines if "forged" in line)
+    line = next(r.getMessage() for r in handler.records if "forged" in r.getMessage())
     assert "\n" not in line and "\x1b" not in line and "%0A" in line
 
 
@@ -333,3 +325,50 @@ def test_only_the_schema_columns_reach_clients(http, artifacts):
     finally:
         assert _reload(http, artifacts.index.name).status_code == 200
     assert set(hit["results"][0]["metadata"]) == {"source", "sha256"}
+
+
+# Hostile bundles (start-up and every consumer go through Bundle.load).
+
+BUNDLE_EDITS = {
+    "manifest omits a file": lambda manifest: manifest["files"].pop("weights.safetensors"),
+    "its own model hash mismatches": lambda manifest: manifest.update(model_sha256="0" * 64),
+    "its own model hash is missing": lambda manifest: manifest.pop("model_sha256"),
+    "a name outside the fixed list": lambda manifest: manifest["files"].update({"extra.bin": "0" * 64}),
+    "an absolute name": lambda manifest: manifest["files"].update({"/proc/self/pagemap": "0" * 64}),
+}
+
+
+@pytest.mark.parametrize("name", BUNDLE_EDITS)
+def test_hostile_bundle_manifests_are_refused(artifacts, tmp_path, name):
+    from retrieval.bundle import Bundle
+    from retrieval.errors import UserError
+
+    bundle = shutil.copytree(artifacts.bundle, tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    BUNDLE_EDITS[name](manifest)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="manifest"):
+        Bundle.load(bundle)
+
+
+def test_a_bundle_file_symlinked_out_of_its_directory_is_refused(artifacts, tmp_path):
+    from retrieval.bundle import Bundle
+    from retrieval.errors import UserError
+
+    bundle = shutil.copytree(artifacts.bundle, tmp_path / "bundle")
+    outside = tmp_path / "config.json"
+    (bundle / "config.json").rename(outside)
+    (bundle / "config.json").symlink_to(outside)
+    with pytest.raises(UserError, match="resolves outside"):
+        Bundle.load(bundle)
+
+
+def test_the_recorded_bundle_must_lie_in_the_index_root(artifacts, tmp_path):
+    from retrieval.errors import UserError
+    from serve.engine import _recorded_bundle
+
+    index = shutil.copytree(artifacts.index, tmp_path / "root" / "index")
+    _rewrite(_generation(index), "index_info.json", lambda path: path.write_text(
+        json.dumps(json.loads(path.read_text()) | {"bundle": str(artifacts.bundle)})))
+    with pytest.raises(UserError, match="resolves outside"):
+        _recorded_bundle(index)
