@@ -24,6 +24,7 @@ from retrieval.attacks import ATTACKS, attack_config
 from retrieval.datasets import load_dataset
 from retrieval.metrics import embed
 from retrieval.robustness import derived_seed
+from retrieval.threads import default_threads
 from training.models import build_model
 
 OUT = Path(__file__).parent / "results" / "attack_speed.json"
@@ -36,7 +37,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--restarts", type=int, default=0)
     parser.add_argument("--gallery", type=int, default=10_000, help="Gallery size (first N test images).")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=OUT)

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import collections
 import json
-import os
 import re
 import shutil
 import statistics
@@ -36,6 +35,7 @@ from rich.table import Table
 from serve_harness import API_KEY, ROOT, closed_loop, cpu_seconds, fashion_10k, png, served, timed_post
 
 from retrieval.atomic import atomic_write_json
+from retrieval.threads import available_cores
 from serve.engine import load_engine
 from serve.settings import Settings
 from serve.uploads import decode
@@ -210,7 +210,7 @@ def report(floor_wall: float, floor_cpu: float, http: dict, profiled: dict | Non
     cpu_target = 1.5 * floor_cpu + 0.3
     targets = {}
     table = Table(title=f"serve_bench: floor {floor_wall:.3f} ms wall, {floor_cpu:.3f} ms CPU; "
-                        f"{len(os.sched_getaffinity(0))} core(s) for server and wrk together")
+                        f"{available_cores()} core(s) for server and wrk together")
     for column in ("body", "concurrency", "requests", "server CPU ms/req", "p50 ms", "p99 ms", "req/s", "non-2xx", "5xx"):
         table.add_column(column)
     for kind, levels in http.items():
@@ -236,7 +236,7 @@ def report(floor_wall: float, floor_cpu: float, http: dict, profiled: dict | Non
     for target, ok in targets.items():
         console.print(f"{'PASS' if ok else 'MISS'}  {target}")
     atomic_write_json(out, {"floor_ms": round(floor_wall, 3), "floor_cpu_ms": round(floor_cpu, 3),
-                            "cores": len(os.sched_getaffinity(0)), "gallery": 10000, "load_generator": "wrk",
+                            "cores": available_cores(), "gallery": 10000, "load_generator": "wrk",
                             "search": http, "profile": profiled, "probe_gtt_32": probes, "targets": targets})
 
 

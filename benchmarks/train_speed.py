@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from retrieval.atomic import atomic_write_json
 from retrieval.datasets import load_dataset
+from retrieval.threads import default_threads
 from training.data import SPC2Sampler
 from training.defenses import build_defense
 from training.method import parse_method
@@ -163,8 +164,7 @@ def main() -> None:
     parser.add_argument("--check-iters", type=int, default=20, help="regular training batches before the check")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(default_threads())
 
     data = batches(args.pairs, max(args.warmup + args.iters, args.check_iters + 1))
     init = torch.load(args.init, weights_only=True)["model"] if args.init else None

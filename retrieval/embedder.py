@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import onnxruntime as ort
 import torch
 
 from retrieval.bundle import Bundle
 from retrieval.errors import UserError
-
-
-def default_threads() -> int:
-    """Honour OMP_NUM_THREADS like torch does; otherwise use the cores this process may run on."""
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+from retrieval.threads import default_threads
 
 
 class OnnxEmbedder:

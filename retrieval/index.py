@@ -36,9 +36,10 @@ import pyarrow.parquet as pq
 
 from retrieval import index_quality as quality
 from retrieval.atomic import atomic_path, atomic_write_json
-from retrieval.bundle import read_json, verify_manifest, write_manifest
+from retrieval.bundle import verify_manifest, write_manifest
 from retrieval.errors import UserError
 from retrieval.generations import publish, resolve_current
+from retrieval.jsonfiles import read_json
 from retrieval.thumbnails import FILES as THUMBNAIL_FILES, MAX_SIDE as THUMBNAIL_MAX_SIDE, Thumbnails
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf-pq")

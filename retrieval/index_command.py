@@ -38,9 +38,10 @@ def index(
 
     from retrieval.bundle import Bundle
     from retrieval.datasets import load_dataset, parse_dataset_spec
-    from retrieval.embedder import OnnxEmbedder, default_threads
+    from retrieval.embedder import OnnxEmbedder
     from retrieval.gallery import embed_dataset, embed_files, image_files
     from retrieval.index import INDEX_TYPES, GalleryIndex
+    from retrieval.threads import default_threads
 
     if (dataset is None) == (images is None):
         raise UserError("give exactly one of --dataset or --images")

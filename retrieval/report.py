@@ -7,13 +7,13 @@ wall time ("train_seconds").
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from retrieval.atomic import atomic_path, atomic_write_json, atomic_write_text
 from retrieval.errors import UserError
 from retrieval.ers import ATTACK_KEYS
+from retrieval.jsonfiles import read_json
 
 BENIGN_COLUMNS = ("R@1", "R@2", "mAP", "NMI")
 COLUMNS = (*BENIGN_COLUMNS, *ATTACK_KEYS, "ERS", "cost", "wall_s")
@@ -101,14 +101,9 @@ def plot_tradeoffs(rows: list[dict[str, Any]], ers_vs_cost: Path, r1_vs_ers: Pat
 
 
 def _read_json(path: Path, *, required: bool = False) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        if required:
-            raise UserError(f"{path} not found; run `robust-retrieval evaluate` on that run first") from None
-        return {}
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc.msg})") from None
+    if required and not path.is_file():
+        raise UserError(f"{path} not found; run `robust-retrieval evaluate` on that run first")
+    return read_json(path, "run", missing_ok=True)
 
 
 def _cell(value: Any, decimals: int) -> str:

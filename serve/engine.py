@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retrieval.bundle import MANIFEST_FILE, Bundle, read_json, sha256_file
+from retrieval.bundle import MANIFEST_FILE, Bundle, sha256_file
 from retrieval.embedder import OnnxEmbedder
 from retrieval.errors import UserError
 from retrieval.generations import confined, resolve_current
 from retrieval.index import INFO_FILE, GalleryIndex
+from retrieval.jsonfiles import read_json
 from serve.schemas import SearchHit
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from functools import cached_property
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from retrieval.threads import available_cores
 
 MiB = 1024 * 1024
 
@@ -95,7 +96,7 @@ class Settings(BaseSettings):
     @cached_property
     def cpu_threads(self) -> int:
         """Threads this worker may keep busy: the configured number, or its share of the cores it may run on."""
-        return self.threads or max(1, len(os.sched_getaffinity(0)) // self.workers)
+        return self.threads or max(1, available_cores() // self.workers)
 
     @cached_property
     def allowed_index_root(self) -> Path:

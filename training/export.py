@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save
 from retrieval.atomic import atomic_write_bytes, atomic_write_json
 from retrieval.bundle import BUNDLE_FILES, CONFIG_FILE, MODEL_FILE, WEIGHTS_FILE, Bundle, sha256_file, write_manifest
 from retrieval.errors import UserError
+from retrieval.jsonfiles import read_json
 from training.checkpoint import load_trained
 from training.defenses import DefenseConfig, build_defense
 from training.models import build_model
@@ -96,13 +97,7 @@ def _method_and_eps(model: torch.nn.Module, train_config: dict) -> tuple[str | N
 
 def _optional_json(run_dir: Path | None, name: str) -> dict:
     """Run side files are optional (a bare checkpoint has none); an unreadable one is an error, not silence."""
-    if run_dir is None or not (run_dir / name).is_file():
-        return {}
-    try:
-        data = json.loads((run_dir / name).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {run_dir / name}: {exc}") from None
-    return data if isinstance(data, dict) else {}
+    return {} if run_dir is None else read_json(run_dir / name, "run", missing_ok=True)
 
 
 def _onnx_bytes(model: torch.nn.Module, config: dict[str, Any]) -> bytes:
