@@ -11,14 +11,14 @@ import torch
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
 from serve.errors import ServiceError
-from serve.probe import ProbeRequest, default_eps, probe_time_limit, run_probe
+from serve.probe import PROBE_ATTACKS, ProbeRequest, default_eps, probe_time_limit, run_probe
 from serve.routes import errors, service
 from serve.schemas import ProbeResponse
 from serve.security import GuardedRoute, api_key, probe_enabled
 from serve.uploads import decode, read_upload
 
 router = APIRouter(tags=["probe"], route_class=GuardedRoute)
-AttackName = Literal["GTT", "QA-", "QA+", "ES"]
+AttackName = Literal[PROBE_ATTACKS]  # the one list of probe-able attacks, validated and shown in the OpenAPI enum
 
 
 @router.post("/probe", response_model=ProbeResponse, dependencies=[Depends(probe_enabled), Depends(api_key)],
