@@ -3,6 +3,7 @@ service on 127.0.0.1. Each test saves a screenshot under its temporary directory
 
 from __future__ import annotations
 
+import base64
 import io
 import shutil
 from pathlib import Path
@@ -112,6 +113,14 @@ def _hits(browser, list_id: str) -> list[dict]:
         "alt: li.querySelector('img') ? li.querySelector('img').alt : ''}));", list_id)
 
 
+def _pixels(browser, image_id: str) -> np.ndarray:
+    """The pixels of an <img> whose source is a data: URL (the probe's pictures), as uint8 [H, W, C]."""
+    source = browser.find_element(By.ID, image_id).get_attribute("src")
+    assert source.startswith("data:image/png;base64,")
+    image = Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
+    return np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
+
+
 def _error(browser, box_id: str, timeout: float = WAIT_S) -> str:
     box = browser.find_element(By.ID, box_id)
     _wait(browser, lambda d: box.is_displayed() and box.text, timeout)
@@ -163,6 +172,19 @@ def test_probe_shows_both_images_and_a_changed_ranking(browser, page_server, que
     assert [h["moved"] for h in attacked] == [_expected_mark(before.get(h["id"]), after[h["id"]]) for h in attacked]
     assert [h["moved"] for h in clean] == ["" if h["id"] in after else "dropped out" for h in clean]
     assert any(hit["moved"] for hit in attacked)
+    marks = browser.execute_script(  # the marking rule on rankings that also move items up and down
+        "const clean = [1, 2, 3].map((id, i) => ({id, rank: i + 1}));"
+        "const attacked = [2, 4, 1].map((id, i) => ({id, rank: i + 1}));"
+        "const m = moves(clean, attacked);"
+        "return [clean.map(m.cleanMark), attacked.map(m.attackedMark)];")
+    assert marks == [["", "", "dropped out"], ["up 1", "new", "down 2"]]
+    clean_px, adversarial_px, shown_px = (_pixels(browser, name) for name in
+                                          ("probe-clean", "probe-adversarial", "probe-perturbation"))
+    difference = adversarial_px.astype(int) - clean_px.astype(int)
+    largest = int(np.abs(difference).max())
+    assert 0 < largest <= 77
+    assert f"(max {largest}/255)" in browser.find_element(By.ID, "perturbation-caption").text
+    assert np.abs(shown_px[..., 0] - (128 + difference * 127 / largest)).max() <= 1  # amplified around mid-grey
     _screenshot(browser, tmp_path / "probe.png")
     # the key was entered once: a reload keeps it for this tab, and it never appears in the address
     browser.refresh()
