@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default (Fashion-MNIST): a quick HM[S,gLGA]&ICS training run, ONNX export, an index
-# of the test split, the service on 127.0.0.1, one /search and one /probe request, then the service is stopped.
+# of the test split, the service on 127.0.0.1, one /search and one /probe request, then the web page's address. Started
+# in a terminal, the service keeps running for the page until Ctrl-C; otherwise (scripts, CI) it is stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rr=".venv/bin/robust-retrieval"
@@ -36,3 +37,10 @@ echo "== POST /probe (QA-, 32 steps)"
 curl -fsS -F "image=@$run/query.png" -F attack=QA- -F steps=32 -F top_k=5 "http://127.0.0.1:$port/probe" \
   | .venv/bin/python -m json.tool
 echo "service log: $run/serve.log"
+if [ -t 0 ] && [ -t 1 ]; then  # started in a terminal: keep the service up for the page until Ctrl-C
+  trap 'exit 130' INT TERM     # the EXIT trap then stops the service
+  echo "web page: http://127.0.0.1:$port/  (the service keeps running; Ctrl-C stops it)"
+  wait $server
+else
+  echo "web page: http://127.0.0.1:$port/  (scripted run: the service stops now; run this job in a terminal to keep it)"
+fi
