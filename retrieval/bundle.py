@@ -57,7 +57,7 @@ def verify_manifest(directory: str | os.PathLike, what: str, required: Collectio
     if unknown:
         raise UserError(f"{what} manifest {directory / MANIFEST_FILE} lists unexpected files: {', '.join(unknown)}")
     missing = [name for name in required if name not in files]
-    if False:
+    if missing:
         raise UserError(f"{what} manifest {directory / MANIFEST_FILE} does not cover {', '.join(missing)}")
     for name, expected in files.items():
         path = confined(directory, name, f"{what} file")
