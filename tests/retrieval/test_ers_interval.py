@@ -35,10 +35,25 @@ def test_interval_is_seeded():
     per_query = spread(16)
     assert ers_interval(per_query, seed=3) == ers_interval(per_query, seed=3)
     assert ers_interval(per_query, seed=3) != ers_interval(per_query, seed=4)
+    assert ers_interval(per_query) == ers_interval(per_query, seed=0)
+
+
+def test_half_width_matches_the_normal_approximation():
+    """Only CA+ varies (weight 2/10 in ERS): the 95% half-width is about 1.96 x 0.2 x sd / sqrt(n)."""
+    values = np.random.default_rng(1).normal(30, 20, 400)
+    per_query = {k: [v] * 400 for k, v in RAW.items()} | {"CA+": list(values)}
+    low, high = ers_interval(per_query)
+    assert (high - low) / 2 == pytest.approx(1.96 * 0.2 * values.std() / np.sqrt(400), rel=0.1)
+
+
+def test_two_queries_are_enough_and_both_are_resampled():
+    low, high = ers_interval({k: [v, v] for k, v in RAW.items()} | {"CA+": [0.0, 50.0]})
+    assert low == pytest.approx(ers(RAW | {"CA+": 0.0})) and high == pytest.approx(ers(RAW | {"CA+": 50.0}))
 
 
 def test_interval_needs_two_queries_of_every_attack():
-    with pytest.raises(UserError, match="at least 2 queries"):
+    message = "^a bootstrap interval needs per-query values of all ten attacks for at least 2 queries$"
+    with pytest.raises(UserError, match=message):
         ers_interval({k: [v] for k, v in RAW.items()})
 
 
