@@ -127,3 +127,27 @@ def test_lga_averages_the_adversarial_loss_over_processes(tmp_path):
     assert records[0]["adv_loss"] != pytest.approx(records[1]["adv_loss"])
     for record in records:
         assert record["next_destination"] == pytest.approx(-0.2 * min(mean, 2.2) / 2.2, rel=1e-6)
+
+
+def test_semihard_excludes_a_negative_exactly_as_far_as_the_positive():
+    """One-hot embeddings make d(a, p) = d(a, n1) = sqrt(2) exactly; n1 is not *farther* than the positive, so only
+    n2 (inside the margin band) is semihard."""
+    n2 = torch.nn.functional.normalize(torch.tensor([[-0.1, 0.7, 0.7]]), dim=1)[0]
+    embeddings = torch.stack([torch.tensor([1.0, 0, 0]), torch.tensor([0.0, 1, 0]), torch.tensor([0.0, 0, 1]),
+                              torch.tensor([0.0, 0, 1]), n2, n2])
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    miner = get_miner("M", generator=torch.Generator().manual_seed(0))
+    picks = {int(miner(embeddings, labels)[2][0]) for _ in range(40)}
+    assert picks <= {4, 5}
+
+
+def test_hardest_falls_back_to_another_label_when_every_negative_is_a_duplicate():
+    """Row of anchor 0: both other-label images coincide with it (distance 0, not candidates), so the fallback draws
+    among them; the other rows have real candidates. Every negative must carry another label."""
+    e0, e1 = torch.tensor([1.0, 0, 0]), torch.tensor([0.0, 1, 0])
+    embeddings = torch.stack([e0, e1, e0, e0])
+    labels = torch.tensor([0, 0, 1, 1])
+    miner = get_miner("H", generator=torch.Generator().manual_seed(0))
+    for _ in range(30):
+        a, _, n = miner(embeddings, labels)
+        assert (labels[n] != labels[a]).all()
