@@ -20,7 +20,7 @@ from serve.middleware.body_limit import BodyLimitMiddleware
 from serve.middleware.catch_all import CatchAllMiddleware
 from serve.middleware.metrics import MetricsMiddleware
 from serve.middleware.request_id import RequestIdMiddleware
-from serve.routes import admin, health, items, page, probe, search
+from serve.routes import admin, errors, health, items, page, probe, search
 from serve.settings import Settings
 from serve.state import ServiceState
 
@@ -52,7 +52,8 @@ def create_app(settings: Settings, *, loader: Loader = default_loader) -> FastAP
             tasks.cancel_scope.cancel()
 
     app = FastAPI(title="robust-retrieval", version="0.1.0", lifespan=lifespan,
-                  description="Image retrieval over a FAISS gallery with live adversarial robustness probes.")
+                  description="Image retrieval over a FAISS gallery with live adversarial robustness probes.",
+                  responses=errors(408, 431, 500, 503))  # any route: transport limits (serve.server), bugs
     install_error_handlers(app)
     for module in (search, probe, health, admin, items, page):
         app.include_router(module.router)

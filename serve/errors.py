@@ -22,6 +22,39 @@ _HTTP_CODES = {400: "invalid_multipart", 404: "not_found", 405: "method_not_allo
 """Codes of the errors Starlette raises itself; 400 only comes from a multipart body it cannot parse."""
 
 
+ERROR_CODES: dict[int, dict[str, str]] = {
+    400: {"invalid_multipart": "a form body that cannot be parsed (no boundary, too many parts, a field over 1 MiB)"},
+    401: {"missing_key": "X-API-Key / X-Admin-Key missing (checked before the body is read)"},
+    403: {"wrong_key": "the key differs from the configured one (compared as bytes)",
+          "key_not_configured": "/admin/* on a server without --admin-key",
+          "path_not_allowed": "a reload path that resolves outside the index root"},
+    404: {"not_found": "no such route", "probe_disabled": "/probe on a server without --enable-probe",
+          "unknown_item": "no gallery item with this id", "no_thumbnails": "the index was built without thumbnails"},
+    405: {"method_not_allowed": "the route exists for another method"},
+    408: {"request_timeout": "headers (header_timeout_s) or body (body_timeout_s) not received in time"},
+    409: {"reload_in_progress": "another reload is running"},
+    413: {"request_too_large": "body over its limit (by Content-Length before reading, or while reading)",
+          "image_too_large": "a file over max_upload_bytes, or an image over the pixel cap",
+          "image_too_complex": "an image built to be expensive to decode (JPEG scans, RLE BMP, canvas vs frame)",
+          "too_many_images": "a batch over max_batch images"},
+    415: {"unsupported_image_format": "an image outside PNG, JPEG, WebP, BMP, GIF"},
+    422: {"invalid_request": "a missing or invalid field", "corrupt_image": "empty, truncated or not an image",
+          "invalid_image": "an image that cannot be used otherwise",
+          "decode_time_limit": "decoding ran past decode_time_limit_s",
+          "too_many_steps": "steps over probe_max_steps", "invalid_path": "a reload path that cannot be resolved",
+          "invalid_index": "a reload target that is not a valid index for the served model"},
+    429: {"probe_busy": "every probe slot is busy (Retry-After)"},
+    431: {"headers_too_large": "request line and headers over max_header_bytes (connection closed)"},
+    500: {"internal_error": "a bug; the server log has it under the request id"},
+    503: {"not_ready": "the model and index are still loading (Retry-After)",
+          "probe_time_limit": "the probe (decoding included) ran past probe_time_limit_s",
+          "reload_incomplete": "a worker did not switch to the reloaded index in time",
+          "too_many_connections": "more open connections than max_connections (Retry-After)"},
+}
+"""Every error status and code the service answers: the README's table and the OpenAPI document come from here
+(tests/serve/test_error_table.py checks the code against it)."""
+
+
 class ServiceError(Exception):
     """A request the service refuses, with its HTTP status and a stable machine-readable code."""
 

@@ -10,7 +10,7 @@ them as latin-1), in constant time.
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Callable
+from typing import Callable
 
 from fastapi import Request, Security
 from fastapi.routing import APIRoute
@@ -55,7 +55,7 @@ def guard(check: Check, header: str | None = None) -> Callable:
     else:
         scheme = APIKeyHeader(name=header, scheme_name=header, auto_error=False)
 
-        async def dependency(request: Request, _: Annotated[str | None, Security(scheme)] = None) -> None:
+        async def dependency(request: Request, _: str | None = Security(scheme)) -> None:
             check(request)
     dependency.before_body = check  # type: ignore[attr-defined]
     return dependency

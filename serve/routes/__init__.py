@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
+from serve.errors import ERROR_CODES
 from serve.schemas import ErrorResponse
 from serve.state import ServiceState
 
@@ -13,5 +14,6 @@ def service(request: Request) -> ServiceState:
 
 
 def errors(*statuses: int) -> dict:
-    """OpenAPI entries for the error statuses a route documents."""
-    return {status: {"model": ErrorResponse} for status in statuses}
+    """OpenAPI entries for the error statuses a route documents, each listing the codes of its status."""
+    return {status: {"model": ErrorResponse, "description": "; ".join(
+        f"`{code}`: {meaning}" for code, meaning in ERROR_CODES[status].items())} for status in statuses}

@@ -34,7 +34,7 @@ def batcher(request: Request) -> SearchBatcher:
     return request.app.state.batcher
 
 
-@router.post("/search", response_model=SearchResponse, responses=errors(413, 415, 422, 503),
+@router.post("/search", response_model=SearchResponse, responses=errors(400, 408, 413, 415, 422, 503),
              openapi_extra=_SEARCH_BODY)
 async def search(request: Request, top_k: Annotated[int, Query(ge=1, le=TOP_K_MAX, description=(
                      "Results, with a raw image body (a form's own top_k field wins)."))] = 10) -> SearchResponse:
@@ -51,7 +51,8 @@ async def search(request: Request, top_k: Annotated[int, Query(ge=1, le=TOP_K_MA
                           took_ms=(time.perf_counter() - start) * 1000)
 
 
-@router.post("/search/batch", response_model=BatchSearchResponse, responses=errors(413, 415, 422, 503))
+@router.post("/search/batch", response_model=BatchSearchResponse,
+             responses=errors(400, 408, 413, 415, 422, 503))
 async def search_batch(request: Request, images: Annotated[list[UploadFile], File(description="Query images.")],
                        top_k: TopK = 10) -> BatchSearchResponse:
     """Several query images in one request, embedded as one batch."""
