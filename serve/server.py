@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import tempfile
 from pathlib import Path
@@ -194,8 +195,10 @@ def run(**options: object) -> None:
     for name, value in (given | {"run_dir": run_dir}).items():
         os.environ[f"RR_{name.upper()}"] = str(value)
     config = uvicorn_config("serve.server:create_app_from_env", settings, factory=True)
-    socket = config.bind_socket()
-    LoggingSupervisor(config, sockets=[socket]).run()
+    try:
+        LoggingSupervisor(config, sockets=[config.bind_socket()]).run()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _single_app(settings: Settings):

@@ -372,3 +372,17 @@ def test_the_recorded_bundle_must_lie_in_the_index_root(artifacts, tmp_path):
         json.dumps(json.loads(path.read_text()) | {"bundle": str(artifacts.bundle)})))
     with pytest.raises(UserError, match="resolves outside"):
         _recorded_bundle(index)
+
+
+def test_metrics_show_when_the_cpu_slots_are_saturated(hardened, http):
+    limiter = hardened.state.cpu_limiter
+    holders = [object() for _ in range(int(limiter.total_tokens))]
+    for holder in holders:  # as the decode/embed/search threads would
+        limiter.acquire_on_behalf_of_nowait(holder)
+    try:
+        metrics = http.get("/metrics").text
+    finally:
+        for holder in holders:
+            limiter.release_on_behalf_of(holder)
+    values = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines() if line.startswith("rr_cpu")}
+    assert values["rr_cpu_slots_busy"] == values["rr_cpu_slots"] == limiter.total_tokens
