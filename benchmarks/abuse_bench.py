@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,10 +26,11 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "serve"))
+sys.path[:0] = [str(ROOT / "tests" / "serve"), str(ROOT / "benchmarks")]
 import bombs  # noqa: E402  (the tests' bomb builders)
 from serve_artifacts import build_artifacts  # noqa: E402
 from serve_helpers import png  # noqa: E402
+from serve_harness import free_port  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "abuse_bench.json"
 CLIENT_TIMEOUT_S = 300.0
@@ -41,15 +41,9 @@ BOMBS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def _served(source: Path, index: Path, bundle: Path):
-    port = _free_port()
+    port = free_port()
     env = os.environ | {"RR_API_KEY": "bench-key", "RR_LOG_LEVEL": "warning", "PYTHONPATH": str(source)}
     proc = subprocess.Popen([sys.executable, "-c", "from serve.cli import main; main()", "serve", str(index),
                              "--bundle", str(bundle), "--port", str(port), "--enable-probe"], cwd=source, env=env)
