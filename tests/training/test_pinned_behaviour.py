@@ -151,3 +151,72 @@ def test_hardest_falls_back_to_another_label_when_every_negative_is_a_duplicate(
     for _ in range(30):
         a, _, n = miner(embeddings, labels)
         assert (labels[n] != labels[a]).all()
+
+
+def _training_forward(model) -> torch.Tensor:
+    """Embeddings of the one training forward the defense made (recorded by the Recorder)."""
+    with torch.no_grad():
+        return model.module(model.inputs[-1])
+
+
+@pytest.mark.parametrize("method", ["ACT[R]", "EST[R]", "HM[R,1.5]"])
+def test_the_loss_uses_the_configured_margin_and_every_stat_is_reported(batch, method):
+    model, images, labels = batch
+    _, loss, stats = run(method, model, images, labels, margin=0.35)
+    z = _training_forward(model)
+    assert {"loss", "adv_loss", "hardness_adv", "pgd_steps", "image_passes", "perturbed_fraction"} <= set(stats)
+    if not method.startswith("EST"):  # (EST re-mines the adversarial embeddings after drawing its noise)
+        za, zp, zn = z.chunk(3)
+        expected = (hardness(za, zp, zn) + 0.35).clamp(min=0).mean()
+        assert float(loss.detach()) == pytest.approx(float(expected), abs=1e-5)
+        assert stats["hardness_adv"] == pytest.approx(float(hardness(za, zp, zn).mean()), abs=1e-5)
+    perturbed = {"ACT": 2 * N, "EST": 2 * N, "HM[": 3 * N}[method[:3]]
+    assert stats["image_passes"] == stats["pgd_steps"] * perturbed + len(model.inputs[-1])
+
+
+def test_est_pushes_embeddings_further_than_noise_of_the_same_budget(batch):
+    model, images, labels = batch
+    run("EST[R]", model, images, labels, pgd_steps=4, alpha=0.05, eps=0.2)
+    with torch.no_grad():
+        clean = model.module(images)
+        shift = (model.module(model.inputs[-1]) - clean).norm(dim=1).mean()
+        noise = (images + (torch.rand(images.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 0.2)
+        noise_shift = (model.module(noise.clamp(0, 1)) - clean).norm(dim=1).mean()
+    assert shift > 2 * noise_shift
+
+
+def test_reference_est_makes_its_logging_forward_on_the_clean_batch(batch):
+    model, images, labels = batch
+    run("EST[R]", model, images, labels, reference=True)
+    assert len(model.inputs) == 2 and torch.equal(model.inputs[0], images)
+
+
+def test_regular_training_mines_with_the_configured_miner_settings_and_seed(batch):
+    model, images, labels = batch
+    defense, first, _ = run("N/A[M]", model, images, labels, margin=0.35, reference=True)
+    assert defense.miner.margin == 0.35 and defense.miner.reference is True
+    _, second, _ = run("N/A[M]", model, images, labels, margin=0.35, reference=True)
+    assert torch.equal(first, second)  # the seeded generator reaches the miner
+
+
+def test_boost_destination_adds_xi_times_the_remaining_progress():
+    from training.defenses.lga import build_destination
+
+    clean = torch.nn.functional.normalize(torch.randn(16, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 3, 3]).repeat_interleave(2)
+    anchors = torch.arange(0, 16, 2)
+
+    def destination(text: str):
+        return build_destination(text, margin=0.2, u=0.2, xi=0.1, reference=False,
+                                 generator=torch.Generator().manual_seed(5))
+
+    boost, miner = destination("boost:M"), destination("M")
+    assert torch.allclose(boost(clean, labels, anchors), miner(clean, labels, anchors))  # loss 2.0: no boost yet
+    boost.update(0.05)
+    restored = destination("boost:M")
+    restored.load_state_dict(boost.state_dict())
+    expected = destination("M")(clean, labels, anchors) + 0.1 * (1 - 0.05 / 0.2)
+    assert torch.allclose(restored(clean, labels, anchors), expected)
+    fresh = destination("boost:M")
+    fresh.load_state_dict({})  # an old checkpoint without the key starts from the initial loss
+    assert torch.allclose(fresh(clean, labels, anchors), destination("M")(clean, labels, anchors))
