@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.errors import error_response
@@ -29,6 +30,8 @@ class CatchAllMiddleware:
 
         try:
             await self.app(scope, receive, send_tracking)
+        except ClientDisconnect:  # the client left mid-body: nobody to answer, nothing broken
+            log.info("client disconnected during %s %s", scope["method"], loggable_path(scope))
         except Exception:
             log.exception("unhandled error in %s %s", scope["method"], loggable_path(scope))
             if started:
