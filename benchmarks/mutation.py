@@ -48,7 +48,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "retrieval/ers.py": (["retrieval/ers.py"], ["tests/retrieval/test_ers.py", "tests/retrieval/test_ers_interval.py"]),
     "retrieval/bundle.py": (["retrieval/bundle.py"], ["tests/retrieval/test_bundle.py"]),
     "serve/security.py": (["serve/security.py"], ["tests/serve/test_security.py"]),
-    "serve/paths.py": (["serve/paths.py"], ["tests/serve/test_security.py", "tests/serve/test_reload.py"]),
+    "serve/paths.py": (["serve/paths.py"], ["tests/serve/test_paths_pinned.py", "tests/serve/test_security.py"]),
 }
 KILLED = {"killed", "caught by type check"}
 """mutmut verdicts that mean a test failed on the mutant. Timeouts and crashes are counted apart: a harness problem
