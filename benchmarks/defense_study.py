@@ -146,7 +146,7 @@ def slug(method: str, eta: int) -> str:
 
 
 def plan(profile: str, runs_dir: Path, *, seed: int = SEED, budget: float | None = None,
-         only: tuple[str, ...] = ()) -> list[Run]:
+         only: tuple[str, ...] = (), dataset: str = DATASET, data_root: str | None = None) -> list[Run]:
     """Every run of the study under `profile`, in training order, with its resolved configuration.
 
     Equal wall-clock profiles start with the undefended warm-up run that fine-tuned runs start from (`--init`).
@@ -156,11 +156,13 @@ def plan(profile: str, runs_dir: Path, *, seed: int = SEED, budget: float | None
         raise UserError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
     p = PROFILES[profile]
     budget = budget if budget is not None else p.time_budget
-    options = {"dataset": DATASET, "model": "c2f2", "epochs": p.epochs, "batch_pairs": p.batch_pairs, "seed": seed,
+    options = {"dataset": dataset, "data_root": data_root, "model": "c2f2", "epochs": p.epochs,
+               "batch_pairs": p.batch_pairs, "seed": seed,
                "train_subset": p.train_subset, "val_subset": p.val_subset, "checkpoint_every": p.checkpoint_every,
                "device": p.device, "val_every": p.val_every, "time_budget": budget}
     options = {k: v for k, v in options.items() if v is not None}
-    base = runs_dir / profile / (f"seed{seed}" if seed != SEED else "")
+    where = profile if dataset == DATASET else f"{profile}-{dataset}"
+    base = runs_dir / where / (f"seed{seed}" if seed != SEED else "")
     if budget is None:
         wanted = [(m, p.eta, False) for m in METHODS]
         wanted += [(m, eta, False) for m in SWEPT for eta in SWEEP_ETAS if eta != p.eta]
@@ -212,11 +214,13 @@ class QuerySample:
     queries: int
 
     @classmethod
-    def load(cls, p: Profile) -> "QuerySample":
-        test = load_dataset(DATASET, "test")
+    def load(cls, p: Profile, dataset: str = DATASET, data_root: str | None = None) -> "QuerySample":
+        test = load_dataset(dataset, "test", root=data_root, image_size=28, channels=1)
         order = torch.randperm(len(test), generator=torch.Generator().manual_seed(SEED))[: p.gallery]
         queries = min(p.queries or len(order), len(order))
-        return cls(test.tensors()[order], test.labels[order], queries)
+        held = test.tensors()
+        images = held[order] if held is not None else torch.stack([test[int(i)][0] for i in order])
+        return cls(images, test.labels[order], queries)
 
     def describe(self) -> dict[str, Any]:
         return {"order": f"torch.randperm(test split, seed {SEED})", "queries": self.queries,
@@ -230,11 +234,29 @@ def evaluate_run(run: Run, sample: QuerySample, p: Profile) -> dict[str, Any]:
     device = torch.device("cuda" if p.device != "cpu" and torch.cuda.is_available() else "cpu")
     report = evaluate_robustness(model.to(device), sample.images, sample.labels, profile=ATTACK_PROFILE,
                                  max_queries=sample.queries, steps=p.attack_steps, seed=SEED)
-    report = {"method": run.method, "run": str(run_dir), "dataset": f"{DATASET}:test", "sample": sample.describe(),
+    report = {"method": run.method, "run": str(run_dir), "dataset": f"{run.config.dataset}:test",
+              "sample": sample.describe(),
               **report}
     atomic_write_json(run_dir / "robustness.json", report)
     atomic_write_text(run_dir / "robustness.md", robustness_markdown(report, run_dir.name))
     return report
+
+
+def strong_check(run: Run, sample: QuerySample, queries: int) -> dict[str, Any]:
+    """ERS under rob28 and under `--strong` on the same first `queries` of the sample (same targets): a model whose
+    ERS falls far under the stronger attacker was masking gradients. Writes robustness-strong-check.json."""
+    model = load_trained(run.directory).model
+    reports = {
+        name: evaluate_robustness(model, sample.images, sample.labels, profile=ATTACK_PROFILE, max_queries=queries,
+                                  seed=SEED, strong=strong, progress=False)
+        for name, strong in (("rob28", False), ("strong", True))
+    }
+    check = {"method": run.method, "run": str(run.directory), "queries": queries,
+             **{name: {"protocol": r["protocol"], "ERS": r["ERS"], "ERS_ci95": r["ERS_ci95"], "attacks": r["attacks"],
+                       "seconds": r["timings"]["total_s"]} for name, r in reports.items()}}
+    check["ERS_drop"] = check["rob28"]["ERS"] - check["strong"]["ERS"]
+    atomic_write_json(run.directory / "robustness-strong-check.json", check)
+    return check
 
 
 def record(run: Run, profile: str) -> dict[str, Any]:
@@ -274,7 +296,7 @@ def write_results(records: list[dict[str, Any]], profile: str, results_dir: Path
 
 
 def run_study(profile: str, runs_dir: Path, results_dir: Path, *, console: Console, train_only: bool = False,
-              **selection: Any) -> list[dict[str, Any]]:
+              strong_queries: int = 0, **selection: Any) -> list[dict[str, Any]]:
     """Train and evaluate what is not done yet, then write the results; returns the records."""
     from training.trainer import train
 
@@ -291,11 +313,20 @@ def run_study(profile: str, runs_dir: Path, results_dir: Path, *, console: Conso
             continue
         if action != "skip":
             if sample is None:
-                sample = QuerySample.load(PROFILES[profile])
+                sample = QuerySample.load(PROFILES[profile], selection.get("dataset", DATASET),
+                                          selection.get("data_root"))
             report = evaluate_run(run, sample, PROFILES[profile])
             console.print(f"ERS {report['ERS']:.1f}  R@1 {report['benign']['R@1']:.1f}  "
                           f"evaluation {report['timings']['total_s']:.0f} s")
     if train_only:
+        return []
+    if strong_queries:
+        sample = sample or QuerySample.load(PROFILES[profile], selection.get("dataset", DATASET),
+                                            selection.get("data_root"))
+        for run in runs:
+            if run.directory.name in selection.get("only", ()):
+                check = strong_check(run, sample, strong_queries)
+                console.print(f"{run.method}: ERS rob28 {check['rob28']['ERS']:.1f}, strong {check['strong']['ERS']:.1f}")
         return []
     records = [record(run, profile) for run in runs]
     for path in write_results(records, profile, results_dir):
@@ -316,8 +347,13 @@ def main() -> None:
                         help="Seconds of training per method for the equal wall-clock profiles (default 1200).")
     parser.add_argument("--only", nargs="+", default=(), help="Run directory names to keep, e.g. act_r-eta8.")
     parser.add_argument("--train-only", action="store_true", help="Train what is missing; evaluate nothing.")
+    parser.add_argument("--strong-check", type=int, default=0, metavar="QUERIES",
+                        help="Only compare rob28 with --strong on this many queries for the --only runs.")
+    parser.add_argument("--dataset", default=DATASET, help="Another 28x28 dataset, e.g. folder with --data-root.")
+    parser.add_argument("--data-root", default=None)
     args = parser.parse_args()
-    selection = {"seed": args.seed, "budget": args.budget, "only": tuple(args.only)}
+    selection = {"seed": args.seed, "budget": args.budget, "only": tuple(args.only), "dataset": args.dataset,
+                 "data_root": args.data_root}
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(os.cpu_count() or 1)
     console = Console()
@@ -330,7 +366,7 @@ def main() -> None:
         default = args.runs_dir / args.profile if smoke else ROOT / "benchmarks" / "results"
         started = time.perf_counter()
         run_study(args.profile, args.runs_dir, args.results_dir or default, console=console,
-                  train_only=args.train_only, **selection)
+                  train_only=args.train_only, strong_queries=args.strong_check, **selection)
         console.print(f"study wall time {time.perf_counter() - started:.0f} s")
     except UserError as exc:
         raise SystemExit(f"error: {exc}") from None

@@ -34,8 +34,8 @@ def test_model_protocol_then_preset_then_explicit_options() -> None:
     assert (c2f2.lr, c2f2.weight_decay, c2f2.batch_pairs, c2f2.epochs, c2f2.defense.pgd_steps) == (
         1e-3, 1e-7, 128, 8, 32)
     quick = build_config({"epochs": 3}, {}, preset="quick")
-    assert (quick.dataset, quick.device, quick.epochs, quick.train_subset, quick.defense.pgd_steps) == (
-        "fashion-mnist", "cpu", 3, 38_400, 8)
+    assert (quick.dataset, quick.device, quick.epochs, quick.time_budget, quick.defense.pgd_steps) == (
+        "fashion-mnist", "cpu", 3, 480.0, 8)
 
 
 def test_method_sets_the_defense_and_explicit_defense_options_win() -> None:
