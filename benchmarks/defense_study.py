@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from rich.console import Console
 from retrieval.atomic import atomic_write_json, atomic_write_text
 from retrieval.datasets import load_dataset
 from retrieval.errors import UserError
+from retrieval.threads import default_threads
 from retrieval.report import load_run, markdown_table, plot_tradeoffs, robustness_markdown
 from retrieval.robustness import evaluate_robustness
 from training.config import TrainConfig, build_config
@@ -354,8 +354,7 @@ def main() -> None:
     args = parser.parse_args()
     selection = {"seed": args.seed, "budget": args.budget, "only": tuple(args.only), "dataset": args.dataset,
                  "data_root": args.data_root}
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(default_threads())
     console = Console()
     try:
         if args.plan:

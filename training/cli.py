@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from retrieval.errors import UserError
+from retrieval.threads import default_threads
 from training.config import PRESETS, TrainConfig, build_config
 from training.export import export_command
 from training.method import parse_method
@@ -128,8 +129,7 @@ def _resumed_config(out: Path, explicit: dict[str, Any], *, preset: str | None, 
 
 def _use_all_cores() -> None:
     """torch defaults to fewer threads than cores on some machines; OMP_NUM_THREADS (e.g. from torchrun) wins."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(default_threads())
 
 
 def register(app: typer.Typer) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
 import torch
 import typer
 
+from retrieval.threads import default_threads
 from retrieval.atomic import atomic_write_json, atomic_write_text
 from retrieval.attacks import PROFILES, profile_for
 from retrieval.datasets import load_dataset, parse_dataset_spec
@@ -40,8 +40,7 @@ def evaluate(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA."),
 ) -> None:
     """Attack a trained model with the ten ERS attacks and write robustness.json and robustness.md."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(default_threads())
     trained = load_trained(run)
     model, config, run_dir = trained.model, trained.config, trained.run_dir or trained.checkpoint.parent
     name, split = parse_dataset_spec(dataset) if dataset else (config.get("dataset", "fashion-mnist"), "test")
