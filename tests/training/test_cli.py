@@ -35,7 +35,7 @@ def test_model_protocol_then_preset_then_explicit_options() -> None:
         1e-3, 1e-7, 128, 8, 32)
     quick = build_config({"epochs": 3}, {}, preset="quick")
     assert (quick.dataset, quick.device, quick.epochs, quick.time_budget, quick.defense.pgd_steps) == (
-        "fashion-mnist", "cpu", 3, 480.0, 8)
+        "fashion-mnist", "cpu", 3, 480.0, 32)
 
 
 def test_method_sets_the_defense_and_explicit_defense_options_win() -> None:
