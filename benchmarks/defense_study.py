@@ -49,7 +49,7 @@ from retrieval.atomic import atomic_write_json, atomic_write_text
 from retrieval.datasets import load_dataset
 from retrieval.errors import UserError
 from retrieval.threads import default_threads
-from retrieval.report import load_run, markdown_table, plot_tradeoffs, robustness_markdown
+from retrieval.report import load_run, markdown_table, plot_tradeoffs, protocols_note, robustness_markdown
 from retrieval.robustness import evaluate_robustness
 from training.config import TrainConfig, build_config
 from training.checkpoint import load_trained
@@ -264,12 +264,40 @@ def record(run: Run, profile: str) -> dict[str, Any]:
     row = load_run(run.directory)
     metrics = json.loads((run.directory / "metrics.json").read_text(encoding="utf-8"))
     robustness = json.loads((run.directory / "robustness.json").read_text(encoding="utf-8"))
-    return {**row, "method": run.method, "eta": run.eta, "profile": profile, "steps": metrics["steps"],
-            "train_seconds": metrics["train_seconds"], "eval_seconds": robustness["timings"]["total_s"]}
+    label = " from warm-up" if run.fine_tuned else " (the warm-up)" if run.directory.name.endswith("-warmup") else ""
+    out = {**row, "method": run.method + label, "eta": run.eta,
+           "profile": profile, "steps": metrics["steps"], "updates": metrics.get("updates", metrics["steps"]),
+           "image_passes": metrics.get("image_passes"), "budget_spent_s": metrics.get("budget_spent_s"),
+           "train_seconds": metrics["train_seconds"], "eval_seconds": robustness["timings"]["total_s"],
+           "ERS_ci95": robustness.get("ERS_ci95"), "fine_tuned": run.fine_tuned, "seed": run.config.seed}
+    check = run.directory / "robustness-strong-check.json"
+    if check.is_file():
+        strong = json.loads(check.read_text(encoding="utf-8"))
+        out["strong_check"] = {k: strong[k]["ERS"] for k in ("rob28", "strong")} | {"queries": strong["queries"]}
+    return out
 
 
-def results_paths(profile: str, results_dir: Path) -> dict[str, Path]:
+BUDGET_COLUMNS = ("method", "eta", "R@1", "mAP", "ERS", "ERS 95% CI", "ERS rob28 / strong (64 q)", "iterations",
+                  "updates", "image passes", "budget s", "TMA", "ES:D")
+
+
+def budget_table(records: list[dict[str, Any]]) -> str:
+    """The equal wall-clock table: benign quality, ERS with its interval, the strong check, and what was spent."""
+    lines = ["| " + " | ".join(BUDGET_COLUMNS) + " |", "|" + "---|" * len(BUDGET_COLUMNS)]
+    for r in records:
+        ci = r.get("ERS_ci95") or (float("nan"), float("nan"))
+        strong = r.get("strong_check")
+        cells = [r["method"], str(r["eta"]), f"{r['R@1']:.1f}", f"{r['mAP']:.1f}", f"{r['ERS']:.1f}",
+                 f"{ci[0]:.1f}-{ci[1]:.1f}", f"{strong['rob28']:.1f} / {strong['strong']:.1f}" if strong else "-",
+                 str(r["steps"]), str(r["updates"]), f"{r['image_passes'] / 1e6:.2f} M", f"{r['budget_spent_s']:.0f}",
+                 f"{r['TMA']:.3f}", f"{r['ES:D']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def results_paths(profile: str, results_dir: Path, dataset: str = DATASET) -> dict[str, Path]:
     stem = "defense_study" if profile == "cpu" else f"defense_study_{profile}"
+    stem += "" if dataset == DATASET else f"_{dataset}"
     return {
         "json": results_dir / f"{stem}.json",
         "md": results_dir / f"{stem}.md",
@@ -287,12 +315,28 @@ def describe(profile: str) -> str:
             f"{p.gallery or 'all 10,000'} test images. cost = eta + 1; wall_s = training seconds.")
 
 
-def write_results(records: list[dict[str, Any]], profile: str, results_dir: Path) -> list[Path]:
-    paths = results_paths(profile, results_dir)
+def write_results(records: list[dict[str, Any]], profile: str, results_dir: Path, *,
+                  dataset: str = DATASET, budget: float | None = None) -> list[Path]:
+    paths = results_paths(profile, results_dir, dataset)
     atomic_write_json(paths["json"], records)
-    atomic_write_text(paths["md"], f"# Defense study\n\n{describe(profile)}\n\n{markdown_table(records)}")
-    plot_tradeoffs(records, paths["ers_vs_cost"], paths["r1_vs_ers"])
+    budget = budget if budget is not None else PROFILES[profile].time_budget
+    if budget is None:
+        text, cost = f"{describe(profile)}\n\n{markdown_table(records)}", ("cost", "")
+    else:
+        text = f"{describe_budget(profile, budget, dataset)}\n\n{budget_table(records)}\n{markdown_table(records)}"
+        cost = ("budget_spent_s", "training seconds (warm-up included)")
+    atomic_write_text(paths["md"], f"# Defense study\n\n{text}{protocols_note(records)}")
+    plot_tradeoffs(records, paths["ers_vs_cost"], paths["r1_vs_ers"], cost=cost)
     return list(paths.values())
+
+
+def describe_budget(profile: str, budget: float, dataset: str) -> str:
+    p = PROFILES[profile]
+    return (f"{dataset}, c2f2, profile `{profile}`: every method gets {budget:.0f} s of training (threads: "
+            f"{torch.get_num_threads()}; a run fine-tuned from the undefended warm-up, {p.warmup_fraction:.0%} of the "
+            f"budget, counts the warm-up's seconds), batches of {p.batch_pairs} SPC-2 pairs, seed of the first run "
+            f"{SEED}; rob28 ({p.attack_steps or 32} steps) on {p.queries} seeded test queries against the whole test "
+            f"split. Benign metrics on the whole test split.")
 
 
 def run_study(profile: str, runs_dir: Path, results_dir: Path, *, console: Console, train_only: bool = False,
@@ -329,7 +373,8 @@ def run_study(profile: str, runs_dir: Path, results_dir: Path, *, console: Conso
                 console.print(f"{run.method}: ERS rob28 {check['rob28']['ERS']:.1f}, strong {check['strong']['ERS']:.1f}")
         return []
     records = [record(run, profile) for run in runs]
-    for path in write_results(records, profile, results_dir):
+    for path in write_results(records, profile, results_dir, dataset=selection.get("dataset", DATASET),
+                              budget=selection.get("budget")):
         console.print(f"wrote {path}")
     return records
 

@@ -92,10 +92,14 @@ def protocols_note(rows: list[dict[str, Any]]) -> str:
     return "".join(f"\nprotocol: {p}" for p in seen) + "\n"
 
 
-def plot_tradeoffs(rows: list[dict[str, Any]], ers_vs_cost: Path, r1_vs_ers: Path) -> list[Path]:
-    """The two comparison plots of the paper: ERS against training cost, and R@1 against ERS."""
+def plot_tradeoffs(
+    rows: list[dict[str, Any]], ers_vs_cost: Path, r1_vs_ers: Path, *, cost: tuple[str, str] = ("cost", "")
+) -> list[Path]:
+    """The two comparison plots of the paper: ERS against training cost (`cost` = (row key, axis label); the
+    paper's eta + 1 by default, e.g. wall seconds for equal-budget studies), and R@1 against ERS."""
+    key, label = cost
     return [
-        _scatter(rows, "cost", "ERS", "training cost (eta + 1)", "ERS", ers_vs_cost),
+        _scatter(rows, key, "ERS", label or "training cost (eta + 1)", "ERS", ers_vs_cost),
         _scatter(rows, "ERS", "R@1", "ERS", "R@1 (%)", r1_vs_ers),
     ]
 
