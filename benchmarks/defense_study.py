@@ -112,11 +112,9 @@ BUDGET_RUNS: tuple[tuple[str, int, bool], ...] = (
     ("N/A[R]", 0, False),
     ("ACT[R]", 8, False),
     ("HM[S,gLGA]&ICS", 8, True),
-    ("HM[S,gLGA]&ICS+free(4)", 8, True),
     ("HM[R,M]&ICS", 8, True),
     ("ACT[R]", 8, True),
     ("HM[S,gLGA]&ICS", 8, False),
-    ("HM[S,gLGA]&ICS+free(4)", 8, False),
     ("ACT[R]", 32, False),
     ("HM[S,gLGA]&ICS", 32, False),
 )
@@ -266,7 +264,7 @@ def record(run: Run, profile: str) -> dict[str, Any]:
     robustness = json.loads((run.directory / "robustness.json").read_text(encoding="utf-8"))
     label = " from warm-up" if run.fine_tuned else " (the warm-up)" if run.directory.name.endswith("-warmup") else ""
     out = {**row, "method": run.method + label, "eta": run.eta,
-           "profile": profile, "steps": metrics["steps"], "updates": metrics.get("updates", metrics["steps"]),
+           "profile": profile, "steps": metrics["steps"],
            "image_passes": metrics.get("image_passes"), "budget_spent_s": metrics.get("budget_spent_s"),
            "train_seconds": metrics["train_seconds"], "eval_seconds": robustness["timings"]["total_s"],
            "ERS_ci95": robustness.get("ERS_ci95"), "fine_tuned": run.fine_tuned, "seed": run.config.seed}
@@ -278,7 +276,7 @@ def record(run: Run, profile: str) -> dict[str, Any]:
 
 
 BUDGET_COLUMNS = ("method", "eta", "R@1", "mAP", "ERS", "ERS 95% CI", "ERS rob28 / strong (64 q)", "iterations",
-                  "updates", "image passes", "budget s", "TMA", "ES:D")
+                  "image passes", "budget s", "TMA", "ES:D")
 
 
 def budget_table(records: list[dict[str, Any]]) -> str:
@@ -289,7 +287,7 @@ def budget_table(records: list[dict[str, Any]]) -> str:
         strong = r.get("strong_check")
         cells = [r["method"], str(r["eta"]), f"{r['R@1']:.1f}", f"{r['mAP']:.1f}", f"{r['ERS']:.1f}",
                  f"{ci[0]:.1f}-{ci[1]:.1f}", f"{strong['rob28']:.1f} / {strong['strong']:.1f}" if strong else "-",
-                 str(r["steps"]), str(r["updates"]), f"{r['image_passes'] / 1e6:.2f} M", f"{r['budget_spent_s']:.0f}",
+                 str(r["steps"]), f"{r['image_passes'] / 1e6:.2f} M", f"{r['budget_spent_s']:.0f}",
                  f"{r['TMA']:.3f}", f"{r['ES:D']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -61,7 +61,6 @@ def train(
         None, help="HM destination: miner, constant in [-2,2], lga, boost:<miner>."
     ),
     ics: Optional[float] = typer.Option(None, help="ICS weight lambda (0 = off)."),
-    replays: Optional[int] = typer.Option(None, help="HM only: replay each batch N times, reusing gradients (1 = off)."),
     pgd_steps: Optional[int] = typer.Option(None, help="Training PGD steps eta (32)."),
     eps: Optional[float] = typer.Option(None, help="L-inf budget (77/255 at 28x28, 8/255 at 224x224)."),
     alpha: Optional[float] = typer.Option(None, help="PGD step size (3/255 at 28x28, 1/255 at 224x224)."),
@@ -78,7 +77,7 @@ def train(
     given = {k: v for k, v in locals().items() if v is not None}
     options = _pick(given, [f for f in TrainConfig.__dataclass_fields__ if f not in ("defense", "preset", "out")])
     options["out"] = str(out)
-    defense_options = _pick(given, ["defense", "source", "destination", "ics", "replays", "pgd_steps", "eps", "alpha", "xi",
+    defense_options = _pick(given, ["defense", "source", "destination", "ics", "pgd_steps", "eps", "alpha", "xi",
                                     "lga_u", "margin", "precision"])
     if reference_quirks is not None:
         defense_options["reference"] = reference_quirks

@@ -2,9 +2,7 @@
 
 Grammar (spaces ignored):
 
-    METHOD := BASE [ "&ICS" [ "(" LAMBDA ")" ] ] [ "+free(" M ")" ]
-                                                          &ICS alone means lambda = 0.5; +free(M): HM only,
-                                                          each batch replayed M times with gradient reuse
+    METHOD := BASE [ "&ICS" [ "(" LAMBDA ")" ] ]          &ICS alone means lambda = 0.5
     BASE   := "N/A[" X "]" | "EST[" X "]" | "ACT[" X "]" | "HM[" X "," DEST "]"
     DEST   := X | NUMBER in [-2, 2] | "gLGA" | "gB(" X ")"   HM[X,2] is the direct min-max
     X      := R | M | S | D | H                              Random, seMihard, Softhard, Distance, Hardest
@@ -22,13 +20,12 @@ from training.miners import LETTERS
 
 DEFAULT_ICS = 0.5
 GRAMMAR = (
-    'METHOD := BASE["&ICS"["(" lambda ")"]]["+free(" m ")"]; BASE := N/A[X] | EST[X] | ACT[X] | HM[X,DEST]; '
-    "DEST := X | number in [-2,2] | gLGA | gB(X); X := R|M|S|D|H (e.g. HM[S,gLGA]&ICS, HM[R,M]&ICS+free(4))"
+    'METHOD := BASE["&ICS"["(" lambda ")"]]; BASE := N/A[X] | EST[X] | ACT[X] | HM[X,DEST]; '
+    "DEST := X | number in [-2,2] | gLGA | gB(X); X := R|M|S|D|H (e.g. HM[S,gLGA]&ICS)"
 )
 _PATTERN = re.compile(
     r"(?P<base>N/A|EST|ACT|HM)\[(?P<x>[A-Z])(?:,(?P<dest>[^\]]+))?\]"
     r"(?:&ICS(?:\((?P<ics>[^)]*)\))?(?P<flag>))?"
-    r"(?:\+free\((?P<free>[^)]*)\))?"
 )
 _BASES = {"N/A": "none", "EST": "est", "ACT": "act", "HM": "hm"}
 _NAMES = {v: k for k, v in _BASES.items()}
@@ -85,28 +82,15 @@ def parse_method(text: str) -> DefenseConfig:
     defense, source, dest = _BASES[match["base"]], _miner(match["x"], text), match["dest"]
     if (defense == "hm") != (dest is not None):
         raise _malformed(text, "HM takes [source,destination], the others only [miner]")
-    if match["free"] is not None and defense != "hm":
-        raise _malformed(text, "+free (replayed batches) applies to HM only")
     ics = _ics(match, text)
     if ics and defense != "hm":
         raise _malformed(text, "ICS needs an adversarial anchor, i.e. HM")
     if defense != "hm":
         return DefenseConfig(defense=defense, source=source)
-    replays = _replays(match, text)
     destination = _destination(dest, text)
     if destination == "2":
-        if replays > 1:
-            raise _malformed(text, "+free applies to HM with a destination, not to the min-max HM[X,2]")
         return DefenseConfig(defense="minmax", source=source, ics=ics)
-    return DefenseConfig(defense="hm", source=source, destination=destination, ics=ics, replays=replays)
-
-
-def _replays(match: re.Match, text: str) -> int:
-    if match["free"] is None:
-        return 1
-    if not match["free"].isdigit() or int(match["free"]) < 2:
-        raise _malformed(text, f"+free takes a whole number of replays >= 2, got {match['free']!r}")
-    return int(match["free"])
+    return DefenseConfig(defense="hm", source=source, destination=destination, ics=ics)
 
 
 def _letter(miner: str) -> str:
@@ -143,6 +127,4 @@ def format_method(cfg: DefenseConfig) -> str:
         raise UserError(f"unknown defense {cfg.defense!r}; choose one of: {', '.join(_BASES.values())}, minmax")
     if cfg.ics:
         base += "&ICS" if cfg.ics == DEFAULT_ICS else f"&ICS({cfg.ics:g})"
-    if cfg.replays > 1:
-        base += f"+free({cfg.replays})"
     return base

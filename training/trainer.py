@@ -58,8 +58,6 @@ class Position:
     """Wall time spent in training iterations (validation and checkpoint writes excluded)."""
     image_passes: float = 0.0
     """Sum of the defense's per-iteration `image_passes` stat."""
-    updates: int = 0
-    """Optimiser steps (more than `step` when the defense replays each batch)."""
     wall_seconds: float = 0.0
     """Wall time of the whole run so far, validation and checkpoints included."""
     init_seconds: float = 0.0
@@ -169,18 +167,15 @@ class Trainer:
     # -- pieces ----------------------------------------------------------------------------------------------------
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        """One iteration: the defense's loss on this process's batch, backward (DDP averages), Adam step; defenses
-        that replay a batch ("free" adversarial training) get one such update per replay."""
-        for _ in range(self.defense.replays):
-            loss, stats = self.defense(self.net, images, labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.position.updates += 1
-            self.position.image_passes += stats.get("image_passes", 0.0)
-            self._window.add(stats, images=images.shape[0])
+        """One iteration: the defense's loss on this process's batch, backward (DDP averages), Adam step."""
+        loss, stats = self.defense(self.net, images, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
         self.position.step += 1
         self.position.batch += 1
+        self.position.image_passes += stats.get("image_passes", 0.0)
+        self._window.add(stats, images=images.shape[0])
 
     def _over_budget(self) -> bool:
         """Whether the time budget (init run included) is spent; the same answer on every process."""
@@ -291,7 +286,6 @@ class Trainer:
                 "paper_cost": self.defense.paper_cost(),
                 "image_passes_per_iter": pos.image_passes / max(pos.step, 1),
                 "steps": pos.step,
-                "updates": pos.updates,
                 "epochs": epochs,
                 "image_passes": pos.image_passes,
                 "time_budget_s": cfg.time_budget,

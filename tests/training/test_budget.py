@@ -1,5 +1,5 @@
-"""Training at a wall-clock budget: the budget stop and resume, fine-tuning from --init, replayed HM (+free(m)),
-EST's BatchNorm mode and the class-balanced validation subset."""
+"""Training at a wall-clock budget: the budget stop and resume, fine-tuning from --init, EST's BatchNorm mode and
+the class-balanced validation subset."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 from rich.console import Console
-from test_defenses import Recorder, Tiny
 from training_runs import tiny_config, write_folder, write_idx
 
 import training.trainer as trainer_module
@@ -19,14 +18,10 @@ from retrieval.datasets import load_dataset
 from retrieval.errors import UserError
 from training import distributed
 from training.checkpoint import load_checkpoint
-from training.defenses import build_defense
-from training.defenses.config import DefenseConfig
-from training.defenses.hm import hm_objective
 from training.method import parse_method
 from training.trainer import Trainer, _validation_data, train
 
 QUIET = Console(quiet=True)
-REPLAYED = DefenseConfig(defense="hm", source="softhard", destination="lga", ics=0.5, pgd_steps=4, replays=3)
 
 
 @pytest.fixture(scope="module")
@@ -91,63 +86,6 @@ def test_init_starts_from_the_run_and_its_seconds_count_against_the_budget(
     wrong = dataclasses.replace(fine, out=str(tmp_path / "wrong"), embedding_dim=32)
     with pytest.raises(UserError, match="--init .* 512-d"):
         train(wrong, console=QUIET)
-
-
-@pytest.fixture
-def batch():
-    torch.manual_seed(0)
-    images = torch.rand(16, 1, 28, 28) * 0.8 + 0.1
-    labels = torch.tensor([0, 1, 2, 0, 1, 2, 3, 3]).repeat_interleave(2)
-    return Recorder(Tiny()), images, labels
-
-
-def replays(cfg: DefenseConfig, model, images, labels):
-    """Call a replayed defense m times on one batch as the trainer does; returns (defense, losses, stats, inputs)."""
-    defense = build_defense(cfg, generator=torch.Generator().manual_seed(3))
-    out = [defense(model, images, labels) for _ in range(defense.replays)]
-    return defense, [o[0] for o in out], [o[1] for o in out], list(model.inputs)
-
-
-def test_replayed_hm_moves_by_the_hm_objective_and_carries_the_perturbation_over(batch):
-    model, images, labels = batch
-    defense, losses, stats, inputs = replays(REPLAYED, model, images, labels)
-    assert defense.replays == 3 and defense.paper_cost() == 3
-    k = 8  # triplets; the forward holds [a; p; n] copies then the clean anchors and positives for ICS
-    x0 = inputs[0][: 3 * k]
-    assert stats[0]["perturbed_fraction"] == 0.0  # the first replay trains on clean copies
-    eps, alpha = defense.budget(model)
-    step = alpha * defense.eta / defense.replays
-    for before, after, s in zip(inputs, inputs[1:], stats):
-        x, x_next = before[: 3 * k].clone().requires_grad_(True), after[: 3 * k]
-        target = torch.full((k,), s["lga_destination"])
-        (grad,) = torch.autograd.grad(hm_objective(target)(model.module(x)).mean(), x)
-        expected = torch.minimum(torch.maximum(x.detach() - step * grad.sign(), (x0 - eps).clamp_min(0)),
-                                 (x0 + eps).clamp_max(1))
-        assert torch.allclose(x_next, expected, atol=1e-6)  # the carried-over perturbation moved one HM step
-        assert torch.equal(after[3 * k :], inputs[0][3 * k :])  # the clean ICS copies never move
-    assert (inputs[-1][: 3 * k] != x0).any()
-    assert all(s["pgd_steps"] == i + 1 for i, s in enumerate(stats))
-
-
-def test_replayed_hm_leaves_triplets_at_their_destination_alone(batch):
-    model, images, labels = batch
-    settled = dataclasses.replace(REPLAYED, destination="-2", ics=0.0)  # every triplet is already above -2
-    _, _, stats, inputs = replays(settled, model, images, labels)
-    assert all(torch.equal(x, inputs[0]) for x in inputs)
-    assert all(s["perturbed_fraction"] == 0.0 for s in stats)
-
-
-def test_trainer_makes_one_update_per_replay(tmp_path, data_root):
-    cfg = tiny_config(tmp_path / "free", data_root, max_steps=2, train_subset=32, val_subset=16, defense=REPLAYED)
-    metrics = train(cfg, console=QUIET)
-    assert (metrics["steps"], metrics["updates"], metrics["method"]) == (2, 6, "HM[S,gLGA]&ICS+free(3)")
-
-
-def test_free_is_hm_only():
-    with pytest.raises(UserError, match="HM"):
-        build_defense(DefenseConfig(defense="act", replays=2))
-    with pytest.raises(UserError, match="free"):
-        parse_method("ACT[R]+free(2)")
 
 
 @pytest.mark.slow

@@ -28,7 +28,6 @@ from training.defenses.hm import HardnessManipulation
 from training.defenses.lga import parse_constant
 from training.defenses.minmax import MAX_HARDNESS, MinMax
 from training.defenses.none import Regular
-from training.defenses.replayed_hm import ReplayedHM
 from training.defenses.validate import validate
 
 REGISTRY: dict[str, type[Defense]] = {
@@ -37,7 +36,6 @@ REGISTRY: dict[str, type[Defense]] = {
     "act": AntiCollapse,
     "minmax": MinMax,
     "hm": HardnessManipulation,
-    "hm+free": ReplayedHM,
 }
 
 
@@ -47,8 +45,6 @@ def build_defense(cfg: DefenseConfig, *, generator: torch.Generator | None = Non
     kind = cfg.defense
     if kind == "hm" and parse_constant(cfg.destination) == MAX_HARDNESS:
         kind = "minmax"
-    elif kind == "hm" and cfg.replays > 1:
-        kind = "hm+free"
     return REGISTRY[kind](cfg, generator=generator)
 
 

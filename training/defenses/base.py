@@ -40,8 +40,6 @@ class Defense:
 
     trains_batchnorm: ClassVar[bool] = False
     """Whether BatchNorm trains in batch-statistics mode; otherwise it stays frozen on its running statistics."""
-    replays: int = 1
-    """Updates per batch: the trainer calls the defense (and steps the optimiser) this many times per batch."""
     bf16_safe: ClassVar[bool] = True
     """Whether precision `auto` may run this defense's PGD in bf16 (measured in benchmarks/train_speed.py)."""
 

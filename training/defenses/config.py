@@ -19,9 +19,6 @@ class DefenseConfig:
     """g_B boost: H_D = H_miner + xi * (1 - normalised previous loss)."""
     ics: float = 0.0
     """ICS weight lambda (0 = off)."""
-    replays: int = 1
-    """HM only: replay each batch this many times ("free" adversarial training); each replay is one forward whose
-    embeddings give both the training loss and the HM objective, and the perturbation carries over between replays."""
     pgd_steps: int | None = None
     """Training PGD steps eta; None = the paper's default (32)."""
     eps: float | None = None

@@ -40,10 +40,6 @@ def validate(cfg: DefenseConfig) -> None:
         raise UserError(f"ICS weight must be >= 0, got {cfg.ics:g}")
     if cfg.ics and cfg.defense not in ICS_DEFENSES:
         raise UserError(f"ICS needs an adversarial anchor: use it with HM, not {cfg.defense}")
-    if cfg.replays < 1:
-        raise UserError(f"replays must be >= 1, got {cfg.replays}")
-    if cfg.replays > 1 and cfg.defense != "hm":
-        raise UserError(f"replaying batches (free adversarial training) is for HM, not {cfg.defense}")
     if cfg.pgd_steps is not None and cfg.pgd_steps < 1:
         raise UserError(f"PGD steps must be >= 1, got {cfg.pgd_steps}")
     for name in ("eps", "alpha"):
