@@ -1,7 +1,7 @@
 """TrainConfig: everything a training run depends on, resolved once and stored in the run directory.
 
 Resolution order (later wins): dataclass defaults, the model's optimiser protocol (docs/method.md#training-budgets-and-cost), the preset,
-the paper-notation method (defense fields only), explicit options.
+the paper-notation method (all four fields it names: defense, miner, destination, ICS), explicit options.
 """
 
 from __future__ import annotations
@@ -123,16 +123,19 @@ def build_config(
     _choice("--model", model, MODEL_DEFAULTS)
     defense = replace(DefenseConfig(), **preset_defense)
     if method is not None:
-        defense = replace(defense, **_changed(method))
+        defense = replace(defense, **_said(method))
     defense = replace(defense, **defense_options)
     values = {**MODEL_DEFAULTS[model], **preset_values, **options, "preset": preset}
     return TrainConfig(**values, defense=defense).validate()
 
 
-def _changed(cfg: DefenseConfig) -> dict[str, Any]:
-    """Fields of cfg that differ from a default DefenseConfig (what a method string actually specified)."""
-    default = DefenseConfig()
-    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)}
+METHOD_FIELDS = ("defense", "source", "destination", "ics")
+"""What a paper-notation method says, always all four (e.g. "N/A[R]" says: no defense, Random, no destination, no ICS),
+so a method can restore a default that a preset changed."""
+
+
+def _said(cfg: DefenseConfig) -> dict[str, Any]:
+    return {name: getattr(cfg, name) for name in METHOD_FIELDS}
 
 
 def _choice(option: str, value: Any, allowed: Any) -> Any:

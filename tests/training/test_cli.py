@@ -11,7 +11,7 @@ import pytest
 from training_runs import write_folder, write_idx
 
 from serve.cli import main
-from training.config import build_config
+from training.config import PRESETS, build_config
 from training.method import parse_method
 
 TINY = ["--batch-pairs", "8", "--train-subset", "32", "--val-subset", "16", "--device", "cpu", "--num-workers", "0"]
@@ -118,3 +118,9 @@ def test_console_script_reports_bad_options_in_one_line(tmp_path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         "error: --model 'foo' is not one of: c2f2, resnet18"]
+
+
+def test_a_method_can_say_the_default_over_a_preset(monkeypatch) -> None:
+    monkeypatch.setitem(PRESETS, "hardened", {"defense": {"defense": "act", "source": "softhard", "pgd_steps": 4}})
+    cfg = build_config({}, {}, preset="hardened", method=parse_method("N/A[R]"))
+    assert (cfg.defense.defense, cfg.defense.source, cfg.defense.pgd_steps) == ("none", "random", 4)
