@@ -158,6 +158,8 @@ def plan(profile: str, runs_dir: Path, *, seed: int = SEED, budget: float | None
                "batch_pairs": p.batch_pairs, "seed": seed,
                "train_subset": p.train_subset, "val_subset": p.val_subset, "checkpoint_every": p.checkpoint_every,
                "device": p.device, "val_every": p.val_every, "time_budget": budget}
+    if dataset != DATASET:
+        options["num_workers"] = 0  # a small folder dataset: decoding in-process beats starting workers every epoch
     options = {k: v for k, v in options.items() if v is not None}
     where = profile if dataset == DATASET else f"{profile}-{dataset}"
     base = runs_dir / where / (f"seed{seed}" if seed != SEED else "")
