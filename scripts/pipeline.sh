@@ -9,9 +9,9 @@ run="${RUN_DIR:-runs/quickstart}"
 port="${PORT:-8765}"
 
 # The product's recipe at a CPU budget: HM[S,gLGA]&ICS at eta 32 for the quick preset's 8 minutes of training.
-$rr train --preset quick --method "HM[S,gLGA]&ICS" --out "$run"
-$rr export "$run" -o "$run/bundle"
-$rr index --bundle "$run/bundle" --dataset fashion-mnist:test -o "$run/index"
+[ -f "$run/metrics.json" ] || $rr train --preset quick --method "HM[S,gLGA]&ICS" --out "$run"  # a rerun reuses it
+[ -f "$run/bundle/manifest.json" ] || $rr export "$run" -o "$run/bundle"
+[ -f "$run/index/CURRENT" ] || $rr index --bundle "$run/bundle" --dataset fashion-mnist:test -o "$run/index"
 
 # A query image: test item 0 of Fashion-MNIST written as a PNG.
 .venv/bin/python - "$run/query.png" <<'PY'
@@ -23,7 +23,9 @@ to_pil_image(image).save(sys.argv[1])
 print(f"query: fashion-mnist test item 0, label {label}")
 PY
 
-$rr serve "$run/index" --port "$port" --enable-probe 2> "$run/serve.log" &
+# /probe is CPU-heavy, so it needs a key: a fresh one per run unless RR_API_KEY is set.
+key="${RR_API_KEY:-$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(16))')}"
+RR_API_KEY="$key" $rr serve "$run/index" --port "$port" --enable-probe 2> "$run/serve.log" &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
 for _ in $(seq 120); do
@@ -35,9 +37,10 @@ done
 echo "== POST /search"
 curl -fsS -F "image=@$run/query.png" -F top_k=5 "http://127.0.0.1:$port/search" | .venv/bin/python -m json.tool
 echo "== POST /probe (QA-, 32 steps)"
-curl -fsS -F "image=@$run/query.png" -F attack=QA- -F steps=32 -F top_k=5 "http://127.0.0.1:$port/probe" \
+curl -fsS -H "X-API-Key: $key" -F "image=@$run/query.png" -F attack=QA- -F steps=32 -F top_k=5 \
+  "http://127.0.0.1:$port/probe" \
   | .venv/bin/python -m json.tool
-echo "service log: $run/serve.log"
+echo "service log: $run/serve.log; API key for the page's probe panel: $key"
 if [ -t 0 ] && [ -t 1 ]; then  # started in a terminal: keep the service up for the page until Ctrl-C
   trap 'exit 130' INT TERM     # the EXIT trap then stops the service
   echo "web page: http://127.0.0.1:$port/  (the service keeps running; Ctrl-C stops it)"
