@@ -30,7 +30,7 @@ sys.path[:0] = [str(ROOT / "tests" / "serve"), str(ROOT / "benchmarks")]
 import bombs  # noqa: E402  (the tests' bomb builders)
 from serve_artifacts import build_artifacts  # noqa: E402
 from serve_helpers import png  # noqa: E402
-from serve_harness import free_port  # noqa: E402
+from serve_harness import free_port, wait_ready  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "abuse_bench.json"
 CLIENT_TIMEOUT_S = 300.0
@@ -49,14 +49,7 @@ def _served(source: Path, index: Path, bundle: Path):
                              "--bundle", str(bundle), "--port", str(port), "--enable-probe"], cwd=source, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the server did not become ready")
-            time.sleep(0.2)
+        wait_ready(url, proc, 180)
         yield url
     finally:
         proc.terminate()

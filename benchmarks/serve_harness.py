@@ -51,6 +51,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    """Poll /readyz until 200; RuntimeError when the process exits or `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the server did not become ready")
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def served(art: Artifacts, *extra: str, log_level: str = "warning",
            log_file: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
@@ -63,14 +75,7 @@ def served(art: Artifacts, *extra: str, log_level: str = "warning",
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the server did not become ready")
-            time.sleep(0.1)
+        wait_ready(url, proc, 120)
         yield url, proc
     finally:
         proc.terminate()
