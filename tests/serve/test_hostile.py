@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import shutil
 import socket
 import threading
@@ -24,7 +23,7 @@ import bombs
 from retrieval.bundle import sha256_file
 from serve.app import create_app
 from serve_helpers import ADMIN_KEY, API_KEY, LiveServer, png
-from test_security import _Records
+from test_security import captured_logs
 from test_uploads import _png_header_only
 
 TIMEOUT_S = 20
@@ -213,17 +212,9 @@ def test_unparseable_forms_are_400_invalid_multipart(http, body, content_type):
 # Logs.
 
 def test_a_path_cannot_forge_log_records(http):
-    handler = _Records()
-    logger = logging.getLogger("serve.access")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
+    with captured_logs("serve.access") as records:
         http.get("/livez%0A2026-01-01%2000:00:00%20INFO%20[x]%20serve:%20forged%1B[31mred")
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-    line = next(r.getMessage() for r in handler.records if "forged" in r.getMessage())
+    line = next(r.getMessage() for r in records if "forged" in r.getMessage())
     assert "\n" not in line and "\x1b" not in line and "%0A" in line
 
 

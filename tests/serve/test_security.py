@@ -3,6 +3,9 @@ and request ids in responses and log lines."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import logging
 import time
 
@@ -102,25 +105,32 @@ class _Records(logging.Handler):
         self.records.append(record)
 
 
-def test_request_id_is_echoed_generated_and_in_every_log_line(client):
+@contextlib.contextmanager
+def captured_logs(name: str) -> Iterator[list[logging.LogRecord]]:
+    """The INFO-and-above records of logger `name` (with request ids) while the block runs."""
     handler = _Records()
-    logger = logging.getLogger("serve")
+    logger = logging.getLogger(name)
     logger.addHandler(handler)
     level = logger.level
     logger.setLevel(logging.INFO)
     try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_request_id_is_echoed_generated_and_in_every_log_line(client):
+    with captured_logs("serve") as records:
         given = client.get("/livez", headers={"X-Request-ID": "req-123"})
         generated = client.get("/readyz")
         hostile = client.get("/livez", headers={"X-Request-ID": "bad id; with space"})
         reload = client.post("/admin/reload", headers={"X-Admin-Key": ADMIN_KEY, "X-Request-ID": "reload-1"})
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     assert given.headers["X-Request-ID"] == "req-123"
     assert len(generated.headers["X-Request-ID"]) == 32
     assert hostile.headers["X-Request-ID"] != "bad id; with space"
     assert reload.status_code == 200
-    lines = [(r.getMessage(), r.request_id) for r in handler.records]  # two /livez lines may read alike
+    lines = [(r.getMessage(), r.request_id) for r in records]  # two /livez lines may read alike
     assert any(rid == "req-123" and "/livez" in msg for msg, rid in lines)
     assert any(rid == "reload-1" and msg.startswith("reloaded index") for msg, rid in lines)
-    assert all(r.request_id != "-" for r in handler.records)
+    assert all(r.request_id != "-" for r in records)
