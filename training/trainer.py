@@ -346,17 +346,15 @@ def _validation_data(
 
     A prefix would not do: folder datasets list their files class by class, so the first images are one class.
     """
-    total = len(dataset)
-    classes = int(torch.unique(dataset.labels).numel())
+    total, tensors = len(dataset), dataset.tensors()
     if not n or n >= total:
-        data = dataset.tensors() if dataset.tensors() is not None else dataset
-        return data, dataset.labels, {"images": total, "of": total, "classes": classes, "selection": "all"}
-    items = balanced_subset(dataset.labels, n, seed, purpose="validation")
-    tensors = dataset.tensors()
-    data = tensors[items] if tensors is not None else Subset(dataset, items.tolist())
-    labels = dataset.labels[items]
-    described = {"images": n, "of": total, "classes": int(torch.unique(labels).numel()),
-                 "selection": "seeded class-balanced subset"}
+        data, labels, selection = (tensors if tensors is not None else dataset), dataset.labels, "all"
+    else:
+        items = balanced_subset(dataset.labels, n, seed, purpose="validation")
+        data = tensors[items] if tensors is not None else Subset(dataset, items.tolist())
+        labels, selection = dataset.labels[items], "seeded class-balanced subset"
+    described = {"images": len(labels), "of": total, "classes": int(torch.unique(labels).numel()),
+                 "selection": selection}
     return data, labels, described
 
 
