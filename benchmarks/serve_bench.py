@@ -114,8 +114,8 @@ def wrk(url: str, body: Path, content_type: str, concurrency: int, seconds: floa
     return {
         "requests": requests,
         "server_cpu_ms_per_request": round(cpu * 1000 / requests, 3),
-        "p50_ms": _duration_ms(re.search(r"50%\s+(\S+)", out).group(1)),
-        "p99_ms": _duration_ms(re.search(r"99%\s+(\S+)", out).group(1)),
+        "p50_ms": _duration_ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1)),
+        "p99_ms": _duration_ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1)),
         "throughput_rps": float(re.search(r"Requests/sec:\s+(\S+)", out).group(1)),
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
         "server_errors": int(re.search(r"server_errors (\d+)", out).group(1)),

