@@ -10,7 +10,7 @@ profile's eta, plus ACT[R] and HM[S,gLGA]&ICS at eta 2, 4 and 8, into runs/defen
 is attacked with `rob28` (eps 77/255, alpha 3/255, 32 steps) on one fixed query sample (a seeded permutation of the
 test split; the gallery is the whole test split) and written as robustness.json beside its metrics.json. The results
 are one record per run in <stem>.json, the paper-style table in <stem>.md and the plots ERS vs training cost and R@1 vs
-ERS (retrieval/report.py). The stem is `defense_study` for the cpu profile, `defense_study_<profile>` otherwise.
+ERS (training/report.py). The stem is `defense_study` for the cpu profile, `defense_study_<profile>` otherwise.
 
 The study resumes: a run with metrics.json and robustness.json is skipped, one with only metrics.json is evaluated,
 an interrupted one continues from its checkpoint (the trainer's resume gives the same weights as an uninterrupted
@@ -49,11 +49,11 @@ from retrieval.atomic import atomic_write_json, atomic_write_text
 from retrieval.datasets import load_dataset
 from retrieval.errors import UserError
 from retrieval.threads import default_threads
-from retrieval.report import load_run, markdown_table, plot_tradeoffs, protocols_note, robustness_markdown
 from retrieval.robustness import evaluate_robustness
 from training.config import TrainConfig, build_config
 from training.checkpoint import load_trained
 from training.method import format_method, parse_method
+from training.report import load_run, markdown_table, plot_tradeoffs, protocols_note, robustness_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("N/A[R]", "EST[R]", "ACT[R]", "HM[R,M]", "HM[S,M]", "HM[S,gLGA]", "HM[S,gLGA]&ICS", "HM[R,2]")

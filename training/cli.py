@@ -1,4 +1,4 @@
-"""Commands owned by training: train, evaluate, export."""
+"""Commands owned by training: train, evaluate, report, export."""
 
 from __future__ import annotations
 
@@ -131,10 +131,22 @@ def _use_all_cores() -> None:
     torch.set_num_threads(default_threads())
 
 
+def report(
+    runs: list[Path] = typer.Argument(..., help="Run directories evaluated with `robust-retrieval evaluate`."),
+    out: Path = typer.Option(..., "-o", "--out", help="Directory for report.md/.json and the plots."),
+) -> None:
+    """One table of several runs (the paper's column order) plus ERS-vs-cost, R@1-vs-ERS and per-run attack plots."""
+    from training.report import write_report
+
+    for path in write_report(runs, out):
+        typer.echo(f"wrote {path}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this package's commands to the root app."""
     app.command()(train)
     from training.evaluate import evaluate
 
     app.command()(evaluate)
+    app.command()(report)
     app.command("export")(export_command)

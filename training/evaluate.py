@@ -13,10 +13,10 @@ from retrieval.threads import default_threads
 from retrieval.atomic import atomic_write_json, atomic_write_text
 from retrieval.attacks import PROFILES, profile_for
 from retrieval.datasets import load_dataset, parse_dataset_spec
-from retrieval.report import robustness_markdown
 from retrieval.robustness import evaluate_robustness
 from training.checkpoint import load_trained
 from training.distributed import resolve_device
+from training.report import robustness_markdown
 
 
 def evaluate(

@@ -1,8 +1,6 @@
-"""evaluate_robustness over a small real gallery, and the multi-run report built from its output."""
+"""evaluate_robustness over a small real gallery."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
@@ -12,7 +10,6 @@ from retrieval.datasets import load_dataset
 from retrieval.distances import normalize
 from retrieval.errors import UserError
 from retrieval.ers import ATTACK_KEYS, ers
-from retrieval.report import COLUMNS, markdown_table, robustness_markdown, write_report
 from retrieval.robustness import evaluate_robustness
 
 
@@ -70,29 +67,3 @@ def test_bad_inputs_are_user_errors(setup) -> None:
         evaluate_robustness(model, images, labels[:10], progress=False)
     with pytest.raises(UserError):
         evaluate(setup, restarts=1, reference_quirks=True)
-
-
-def test_report_table_and_plots(tmp_path, report) -> None:
-    for name, method, cost in (("na", "N/A[R]", 1), ("hm", "HM[S,gLGA]&ICS", 9)):
-        run = tmp_path / name
-        run.mkdir()
-        (run / "robustness.json").write_text(json.dumps(report))
-        (run / "metrics.json").write_text(json.dumps({"method": method, "paper_cost": cost, "train_seconds": 60.0}))
-    written = write_report([tmp_path / "na", tmp_path / "hm"], tmp_path / "out")
-    names = {p.name for p in written}
-    assert {"report.md", "report.json", "ers_vs_cost.png", "r1_vs_ers.png", "attacks_na.png", "attacks_hm.png"} == names
-    assert all(p.stat().st_size > 0 for p in written)
-    header = (tmp_path / "out" / "report.md").read_text().splitlines()[0]
-    assert header == "| " + " | ".join(["run", "method", *COLUMNS]) + " |"
-    rows = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert [r["method"] for r in rows] == ["N/A[R]", "HM[S,gLGA]&ICS"] and rows[1]["cost"] == 9
-
-
-def test_markdown_shows_missing_values_as_dashes(report) -> None:
-    assert "| – |" in markdown_table([{"run": "r", "method": "m"}])
-    assert "uniform noise" in robustness_markdown(report, "run")
-
-
-def test_report_without_evaluation_is_a_user_error(tmp_path) -> None:
-    with pytest.raises(UserError, match="evaluate"):
-        write_report([tmp_path], tmp_path / "out")
