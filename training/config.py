@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from retrieval.errors import UserError
-from training.defenses.config import DefenseConfig
-from training.defenses.validate import validate as validate_defense
+from training.defenses.config import DefenseConfig, validate as validate_defense
+from training.defenses.notation import said
 
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "c2f2": {"lr": 1e-3, "weight_decay": 1e-7, "batch_pairs": 128, "epochs": 8, "val_every": 1, "val_batch": 128},
@@ -123,19 +123,10 @@ def build_config(
     _choice("--model", model, MODEL_DEFAULTS)
     defense = replace(DefenseConfig(), **preset_defense)
     if method is not None:
-        defense = replace(defense, **_said(method))
+        defense = replace(defense, **said(method))
     defense = replace(defense, **defense_options)
     values = {**MODEL_DEFAULTS[model], **preset_values, **options, "preset": preset}
     return TrainConfig(**values, defense=defense).validate()
-
-
-METHOD_FIELDS = ("defense", "source", "destination", "ics")
-"""What a paper-notation method says, always all four (e.g. "N/A[R]" says: no defense, Random, no destination, no ICS),
-so a method can restore a default that a preset changed."""
-
-
-def _said(cfg: DefenseConfig) -> dict[str, Any]:
-    return {name: getattr(cfg, name) for name in METHOD_FIELDS}
 
 
 def _choice(option: str, value: Any, allowed: Any) -> Any:

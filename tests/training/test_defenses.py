@@ -18,7 +18,7 @@ from training.defenses.act import AntiCollapse
 from training.defenses.base import clean_embeddings
 from training.defenses.config import DefenseConfig
 from training.defenses.lga import LGADestination
-from training.defenses.minmax import MinMax
+from training.defenses.hm import MinMax
 from training.losses import hardness, ics_loss
 from training.method import parse_method
 from training.miners import get_miner
@@ -92,12 +92,13 @@ def test_hm_with_source_destination_is_regular_training(batch):
 
 def test_min_max_perturbs_every_triplet(batch):
     model, images, labels = batch
-    defense, _, stats = run("HM[R,2]", model, images, labels)
+    defense, loss, stats = run("HM[R,2]", model, images, labels)
     assert isinstance(defense, MinMax) and defense.name == "HM[R,2]"
     assert stats["perturbed_fraction"] == 1.0
     assert stats["hardness_adv"] > stats["hardness_source"]
-    cfg = DefenseConfig(defense="hm", source="R", destination="2")
-    assert isinstance(build_defense(cfg), MinMax)
+    assert "hardness_destination" not in stats
+    _, hm_loss, hm_stats = run("HM[R,2]", model, images, labels, defense="hm", destination="2")
+    assert torch.equal(loss, hm_loss) and stats == hm_stats  # the hm key with destination 2 is the same min-max
 
 
 def test_triplets_at_or_above_destination_never_move(batch):
@@ -130,7 +131,8 @@ def test_excluding_settled_triplets_does_not_change_the_attack(batch):
     """The k moving triplets take the same steps as they would inside the full 3N PGD batch."""
     model, images, labels = batch
     from retrieval.pgd import PGDConfig, pgd
-    from training.defenses.hm import EARLY_STOP_TOL, hm_objective
+    from training.defenses.hm import EARLY_STOP_TOL
+    from training.defenses.lga import hm_objective
 
     a, p, n = replay("R", model, images, labels)
     clean = clean_embeddings(model, images)

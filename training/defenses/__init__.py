@@ -1,5 +1,10 @@
 """Training strategies (docs/method.md): every method of the paper is one DefenseConfig, built by build_defense.
 
+Each defense is one class that registers itself by subclassing `Defense` with a `key` (training/defenses/base.py);
+its notation, the config fields it reads and its own checks are class attributes, which the registry
+(config.DEFENSES), validation (config.validate) and the paper notation (notation.py) read. Adding a defense: one
+file here defining the class, imported below, and its section in docs/method.md.
+
 `DefenseConfig.reference = True` reproduces the reference implementation instead of the intended behaviour. It
 changes exactly these things:
 
@@ -20,32 +25,18 @@ from __future__ import annotations
 
 import torch
 
-from training.defenses.act import AntiCollapse
 from training.defenses.base import Defense
-from training.defenses.config import DefenseConfig
-from training.defenses.est import EmbeddingShift
-from training.defenses.hm import HardnessManipulation
-from training.defenses.lga import parse_constant
-from training.defenses.minmax import MAX_HARDNESS, MinMax
-from training.defenses.none import Regular
-from training.defenses.validate import validate
-
-REGISTRY: dict[str, type[Defense]] = {
-    "none": Regular,
-    "est": EmbeddingShift,
-    "act": AntiCollapse,
-    "minmax": MinMax,
-    "hm": HardnessManipulation,
-}
+from training.defenses.config import DEFENSES, DefenseConfig, validate
+from training.defenses.none import Regular  # noqa: F401  (each import registers its defenses, in this order)
+from training.defenses.est import EmbeddingShift  # noqa: F401
+from training.defenses.act import AntiCollapse  # noqa: F401
+from training.defenses.hm import HardnessManipulation, MinMax  # noqa: F401
 
 
 def build_defense(cfg: DefenseConfig, *, generator: torch.Generator | None = None) -> Defense:
-    """The defense for a validated config. HM with the constant destination 2 is the dedicated min-max."""
+    """The defense for a validated config."""
     validate(cfg)
-    kind = cfg.defense
-    if kind == "hm" and parse_constant(cfg.destination) == MAX_HARDNESS:
-        kind = "minmax"
-    return REGISTRY[kind](cfg, generator=generator)
+    return DEFENSES[cfg.defense](cfg, generator=generator)
 
 
-__all__ = ["REGISTRY", "Defense", "DefenseConfig", "build_defense"]
+__all__ = ["DEFENSES", "Defense", "DefenseConfig", "build_defense"]

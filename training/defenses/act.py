@@ -12,18 +12,9 @@ import torch
 from torch import nn
 
 from retrieval.distances import pair_distance
-from training.defenses.base import (
-    REFERENCE_MINER_MARGIN,
-    Defense,
-    Stats,
-    clean_embeddings,
-    mean,
-    moved_triplets,
-    train_forward,
-)
+from training.defenses.base import Defense, Stats, clean_embeddings, mean, moved_triplets, source_miner, train_forward
 from training.defenses.config import DefenseConfig
 from training.losses import hardness, triplet_loss
-from training.miners import get_miner
 
 
 def collapse(z: torch.Tensor) -> torch.Tensor:
@@ -32,10 +23,11 @@ def collapse(z: torch.Tensor) -> torch.Tensor:
 
 
 class AntiCollapse(Defense):
+    key, notation = "act", "ACT"
+
     def __init__(self, cfg: DefenseConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, generator=generator)
-        margin = REFERENCE_MINER_MARGIN if cfg.reference else cfg.margin
-        self.miner = get_miner(cfg.source, margin=margin, reference=cfg.reference, generator=generator)
+        self.miner = source_miner(cfg, generator, reference_margin=True)
 
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, Stats]:
         clean = clean_embeddings(model, images)

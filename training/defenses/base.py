@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from retrieval.pgd import PGDConfig, PGDResult, bf16_is_fast, frozen, pgd, unwrap
-from training.defenses.config import DefenseConfig
+from training.defenses.config import DEFENSES, DefenseConfig
+from training.defenses.notation import format_method
+from training.miners import Miner, get_miner
 
 DEFAULT_STEPS = 32
 SMALL_INPUT = 64
@@ -36,16 +38,37 @@ Stats = dict[str, float]
 
 
 class Defense:
-    """One training method. Subclasses implement `__call__`; state (e.g. LGA's previous loss) goes in state_dict."""
+    """One training method. Subclasses implement `__call__`; state (e.g. LGA's previous loss) goes in state_dict.
 
+    A subclass that sets `key` registers itself in DEFENSES under it; validation (config.validate), the paper notation
+    (notation.py) and build_defense read everything else they need from the class attributes below.
+    """
+
+    key: ClassVar[str]
+    """DefenseConfig.defense of this method (none, est, act, hm, minmax)."""
+    notation: ClassVar[str]
+    """The paper's name for the method in the notation, e.g. "HM" in HM[S,gLGA]."""
+    takes_destination: ClassVar[bool] = False
+    """Whether DefenseConfig.destination is read (HM[X,DEST]); other defenses refuse one."""
+    fixed_destination: ClassVar[str | None] = None
+    """A destination the notation always shows for this defense: min-max is HM[X,2] under its own key."""
+    ics_applies: ClassVar[bool] = False
+    """Whether ICS can be added: it needs an adversarial anchor (docs/method.md#intra-class-structure-loss-ics)."""
     trains_batchnorm: ClassVar[bool] = False
     """Whether BatchNorm trains in batch-statistics mode; otherwise it stays frozen on its running statistics."""
     bf16_safe: ClassVar[bool] = True
     """Whether precision `auto` may run this defense's PGD in bf16 (measured in benchmarks/train_speed.py)."""
 
-    def __init__(self, cfg: DefenseConfig, *, generator: torch.Generator | None = None) -> None:
-        from training.method import format_method  # late import: training.method imports this package's config
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "key" in cls.__dict__:
+            DEFENSES[cls.key] = cls
 
+    @classmethod
+    def check(cls, cfg: DefenseConfig) -> None:
+        """Rules of this defense beyond config.validate's shared ones; raise UserError."""
+
+    def __init__(self, cfg: DefenseConfig, *, generator: torch.Generator | None = None) -> None:
         self.cfg = cfg
         self.generator = generator
         self.name = format_method(cfg)
@@ -84,6 +107,12 @@ class Defense:
         eps, alpha = self.budget(model)
         cfg = PGDConfig(eps, alpha, self.eta, early_stop_tol=early_stop_tol, precision=self.precision(x.device))
         return pgd(model, x, objective, cfg, generator=self.generator)
+
+
+def source_miner(cfg: DefenseConfig, generator: torch.Generator | None, *, reference_margin: bool) -> Miner:
+    """The configured miner; `reference_margin`: the reference mines with margin 1.0 (ACT, EST, min-max)."""
+    margin = REFERENCE_MINER_MARGIN if cfg.reference and reference_margin else cfg.margin
+    return get_miner(cfg.source, margin=margin, reference=cfg.reference, generator=generator)
 
 
 def clean_embeddings(model: nn.Module, images: torch.Tensor) -> torch.Tensor:

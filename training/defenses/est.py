@@ -11,22 +11,21 @@ import torch
 from torch import nn
 
 from retrieval.distances import pair_distance
-from training.defenses.base import REFERENCE_MINER_MARGIN, Defense, Stats, clean_embeddings, mean, train_forward
+from training.defenses.base import Defense, Stats, clean_embeddings, mean, source_miner, train_forward
 from training.defenses.config import DefenseConfig
 from training.losses import hardness, triplet_loss
-from training.miners import get_miner
 
 REFERENCE_NOISE = 1e-7
 
 
 class EmbeddingShift(Defense):
+    key, notation = "est", "EST"
     bf16_safe = False  # bf16 moved its adversarial hardness by 0.04 against fp32 (limit 0.01), so `auto` keeps fp32
     trains_batchnorm = True  # the published EST baseline trains BatchNorm on batch statistics (frozen elsewhere)
 
     def __init__(self, cfg: DefenseConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, generator=generator)
-        margin = REFERENCE_MINER_MARGIN if cfg.reference else cfg.margin
-        self.miner = get_miner(cfg.source, margin=margin, reference=cfg.reference, generator=generator)
+        self.miner = source_miner(cfg, generator, reference_margin=True)
 
     def shift_objective(self, clean: torch.Tensor):
         """Embeddings of the perturbed batch -> -distance to the (jittered) clean embeddings."""

@@ -8,6 +8,9 @@ triplets, plus lambda * ICS when on.
 Triplets whose clean hardness already reaches H_D get exactly zero gradient, so they never move: they are left out of
 the PGD batch altogether (with the early-stop tolerance rescaled by N/k, the k moving triplets follow exactly the
 steps they would take in the full batch). HM[X, X] is regular training with miner X and skips PGD.
+
+The destination decides how the adversary pursues it (training/defenses/lga.py); the constant 2 makes HM the direct
+min-max, which also has its own config key, `minmax` (MinMax below).
 """
 
 from __future__ import annotations
@@ -15,31 +18,34 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.defenses.base import Defense, Stats, clean_embeddings, mean, moved_triplets, train_forward
+from retrieval.pgd import unwrap
+from training.defenses.base import Defense, Stats, clean_embeddings, mean, moved_triplets, source_miner, train_forward
 from training.defenses.config import DefenseConfig
-from training.defenses.lga import LGADestination, MinerDestination, build_destination
+from training.defenses.lga import MAX_HARDNESS, LGADestination, MinerDestination, build_destination, check_destination
 from training.defenses.none import Regular
 from training.losses import hardness, ics_loss, triplet_loss
-from training.miners import get_miner
 
 EARLY_STOP_TOL = 1e-7
 """Stop when the mean HM objective changes by less than this between two steps (the reference's rule)."""
 
 
-def hm_objective(target: torch.Tensor):
-    """Embeddings of [a; p; n] -> per-triplet min(0, H - H_D)^2: zero (and zero gradient) once H reaches H_D."""
-
-    def objective(z: torch.Tensor) -> torch.Tensor:
-        return (hardness(*z.chunk(3)) - target).clamp(max=0).square()
-
-    return objective
-
-
 class HardnessManipulation(Defense):
+    key, notation = "hm", "HM"
+    takes_destination = True
+    ics_applies = True
+
+    @classmethod
+    def check(cls, cfg: DefenseConfig) -> None:
+        if cls.takes_destination:
+            check_destination(cfg.destination)
+
     def __init__(self, cfg: DefenseConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, generator=generator)
-        self.miner = get_miner(cfg.source, margin=self.miner_margin(), reference=cfg.reference, generator=generator)
-        self.destination = self.build_destination(cfg, generator)
+        self.destination = build_destination(
+            self.fixed_destination or cfg.destination,
+            margin=cfg.margin, u=cfg.lga_u, xi=cfg.xi, reference=cfg.reference, generator=generator,
+        )
+        self.miner = source_miner(cfg, generator, reference_margin=self.destination.reference_miner_margin)
         same = isinstance(self.destination, MinerDestination) and self.destination.miner.name == self.miner.name
         self.regular = Regular(cfg, generator=generator) if same else None
         if self.regular is not None:
@@ -51,33 +57,17 @@ class HardnessManipulation(Defense):
     def load_state_dict(self, state: dict) -> None:
         self.destination.load_state_dict(state.get("destination", {}))
 
-    def miner_margin(self) -> float:
-        return self.cfg.margin
-
-    def build_destination(self, cfg: DefenseConfig, generator):
-        return build_destination(
-            cfg.destination, margin=cfg.margin, u=cfg.lga_u, xi=cfg.xi, reference=cfg.reference, generator=generator
-        )
-
-    def objective(self, target: torch.Tensor):
-        return hm_objective(target)
-
-    def moving(self, h_source: torch.Tensor, h_destination: torch.Tensor) -> torch.Tensor:
-        """Triplets the adversary can move: those whose clean hardness is below the destination."""
-        return h_source < h_destination
-
-    def early_stop_tol(self, active: int, total: int) -> float | None:
-        return EARLY_STOP_TOL * total / active
-
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, Stats]:
         if self.regular is not None:
             return self.regular(model, images, labels)
+        if self.cfg.reference:
+            self.eta = self.destination.reference_steps.get(unwrap(model).arch, self.eta)
         clean = clean_embeddings(model, images)
         a, p, n = self.miner(clean, labels)
         h_source = hardness(clean[a], clean[p], clean[n])
         h_destination = self.destination(clean, labels, a)
         x0 = torch.cat([images[a], images[p], images[n]])
-        x_adv, steps, passes = self.perturb(model, x0, self.moving(h_source, h_destination), h_destination)
+        x_adv, steps, passes = self.perturb(model, x0, self.destination.moving(h_source, h_destination), h_destination)
 
         n_triplets = a.numel()
         z = train_forward(model, torch.cat([x_adv, images[a], images[p]]) if self.cfg.ics else x_adv)
@@ -93,6 +83,8 @@ class HardnessManipulation(Defense):
             "pgd_steps": float(steps),
             "image_passes": float(passes + z.shape[0]),
         }
+        if not self.destination.reported:
+            del stats["hardness_destination"]
         if self.cfg.ics:
             ca, cp = z[3 * n_triplets :].chunk(2)
             ics = ics_loss(ca, za, cp)
@@ -114,6 +106,14 @@ class HardnessManipulation(Defense):
         total = moving.numel()
         rows = torch.cat([active, active + total, active + 2 * total])
         sub = x0[rows]
-        tol = self.early_stop_tol(active.numel(), total)
-        result = self.attack(model, sub, self.objective(h_destination[active]), early_stop_tol=tol)
+        tol = EARLY_STOP_TOL * total / active.numel() if self.destination.early_stop else None
+        result = self.attack(model, sub, self.destination.objective(h_destination[active]), early_stop_tol=tol)
         return x0.index_copy(0, rows, result.x), result.steps, result.steps * sub.shape[0]
+
+
+class MinMax(HardnessManipulation):
+    """The direct min-max under its own key: HM with the destination fixed at 2 (docs/method.md#min-max-hmx2)."""
+
+    key = "minmax"
+    takes_destination = False
+    fixed_destination = f"{MAX_HARDNESS:g}"

@@ -5,18 +5,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.defenses.base import Defense, Stats, mean, train_forward
+from training.defenses.base import Defense, Stats, mean, source_miner, train_forward
 from training.defenses.config import DefenseConfig
 from training.losses import hardness, triplet_loss
-from training.miners import get_miner
 
 
 class Regular(Defense):
     """No adversary: one forward+backward of the 2N clean images (paper cost 1)."""
 
+    key, notation = "none", "N/A"
+
     def __init__(self, cfg: DefenseConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, generator=generator)
-        self.miner = get_miner(cfg.source, margin=cfg.margin, reference=cfg.reference, generator=generator)
+        self.miner = source_miner(cfg, generator, reference_margin=False)
         self.eta = 0
 
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, Stats]:

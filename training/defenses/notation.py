@@ -1,0 +1,149 @@
+"""The paper's method notation, e.g. "HM[S,gLGA]&ICS": parse to a DefenseConfig and format back.
+
+Grammar (spaces ignored):
+
+    METHOD := BASE [ "&ICS" [ "(" LAMBDA ")" ] ]          &ICS alone means lambda = 0.5
+    BASE   := NOTATION "[" X "]" | NOTATION "[" X "," DEST "]"   each defense's class declares its NOTATION
+    DEST   := X | NUMBER in [-2, 2] | "gLGA" | "gB(" X ")"
+    X      := R | M | S | D | H                              Random, seMihard, Softhard, Distance, Hardest
+
+The bases come from the registry (training/defenses/config.py:DEFENSES): N/A[X], EST[X], ACT[X], HM[X,DEST]; a
+defense with a `fixed_destination` (min-max, HM[X,2]) is what its notation with that destination parses to.
+`format_method` writes the canonical form used in metrics and bundles; parse(format(cfg)) gives cfg's method back.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from retrieval.errors import UserError
+from training.defenses.config import DEFENSES, DefenseConfig, defense_class
+from training.miners import LETTERS
+
+DEFAULT_ICS = 0.5
+METHOD_FIELDS = ("defense", "source", "destination", "ics")
+"""What a method string says, always all four (e.g. "N/A[R]" says: no defense, Random, no destination, no ICS), so a
+method can restore a default that a preset changed; every other DefenseConfig field is not the notation's to set."""
+
+_PATTERN = re.compile(
+    r"(?P<base>[^\[&]+)\[(?P<x>[A-Z])(?:,(?P<dest>[^\]]+))?\]"
+    r"(?:&ICS(?:\((?P<ics>[^)]*)\))?(?P<flag>))?"
+)
+_BOOST = re.compile(r"g_?B\((?P<x>[A-Z])\)")
+_NAME_TO_LETTER = {name: letter for letter, name in LETTERS.items()}
+
+
+def grammar() -> str:
+    """The grammar in one line, with the bases of the registered defenses."""
+    bases = " | ".join(dict.fromkeys(f"{cls.notation}[X,DEST]" if _shows_destination(cls) else f"{cls.notation}[X]"
+                                     for cls in DEFENSES.values()))
+    return (f'METHOD := BASE["&ICS"["(" lambda ")"]]; BASE := {bases}; '
+            "DEST := X | number in [-2,2] | gLGA | gB(X); X := R|M|S|D|H (e.g. HM[S,gLGA]&ICS)")
+
+
+def said(cfg: DefenseConfig) -> dict[str, Any]:
+    """The fields of a parsed method that its string said (METHOD_FIELDS)."""
+    return {name: getattr(cfg, name) for name in METHOD_FIELDS}
+
+
+def parse_method(text: str) -> DefenseConfig:
+    """Paper notation -> DefenseConfig holding what the string said (METHOD_FIELDS); other fields keep their defaults."""
+    match = _PATTERN.fullmatch(text.replace(" ", ""))
+    if match is None:
+        raise _malformed(text, "does not match the grammar")
+    family = [cls for cls in DEFENSES.values() if cls.notation == match["base"]]
+    if not family:
+        raise _malformed(text, f"unknown method {match['base']!r}")
+    source = _miner(match["x"], text)
+    if any(map(_shows_destination, family)) != (match["dest"] is not None):
+        raise _malformed(text, "HM takes [source,destination], the others only [miner]")
+    destination = None if match["dest"] is None else _destination(match["dest"], text)
+    fixed = [cls for cls in family if cls.fixed_destination is not None and cls.fixed_destination == destination]
+    defense = fixed[0] if fixed else next(cls for cls in family if cls.fixed_destination is None)
+    ics = _ics(match, text)
+    if ics and not defense.ics_applies:
+        raise _malformed(text, "ICS needs an adversarial anchor, i.e. HM")
+    return DefenseConfig(
+        defense=defense.key, source=source, destination=destination if defense.takes_destination else None, ics=ics
+    )
+
+
+def format_method(cfg: DefenseConfig) -> str:
+    """DefenseConfig -> canonical paper notation, e.g. "HM[S,gLGA]&ICS", "HM[R,2]" for min-max, "N/A[R]"."""
+    defense = defense_class(cfg.defense)
+    inside = _letter(cfg.source)
+    if defense.fixed_destination is not None:
+        inside += f",{defense.fixed_destination}"
+    elif defense.takes_destination:
+        inside += f",{_format_destination(cfg.destination)}"
+    text = f"{defense.notation}[{inside}]"
+    if cfg.ics:
+        text += "&ICS" if cfg.ics == DEFAULT_ICS else f"&ICS({cfg.ics:g})"
+    return text
+
+
+def _shows_destination(cls) -> bool:
+    return cls.takes_destination or cls.fixed_destination is not None
+
+
+def _malformed(text: str, why: str) -> UserError:
+    return UserError(f"bad method {text!r} ({why}); grammar: {grammar()}")
+
+
+def _miner(letter: str, text: str) -> str:
+    if letter not in LETTERS:
+        raise _malformed(text, f"unknown miner letter {letter!r}")
+    return LETTERS[letter]
+
+
+def _destination(dest: str, text: str) -> str:
+    if dest in ("gLGA", "g_LGA"):
+        return "lga"
+    boost = _BOOST.fullmatch(dest)
+    if boost:
+        return "boost:" + _miner(boost["x"], text)
+    if dest in LETTERS:
+        return LETTERS[dest]
+    try:
+        value = float(dest)
+    except ValueError:
+        raise _malformed(text, f"unknown destination {dest!r}") from None
+    if not -2.0 <= value <= 2.0:
+        raise _malformed(text, f"constant destination {value:g} outside [-2, 2]")
+    return f"{value:g}"
+
+
+def _ics(match: re.Match, text: str) -> float:
+    if match["flag"] is None:
+        return 0.0
+    if match["ics"] is None:
+        return DEFAULT_ICS
+    try:
+        value = float(match["ics"])
+    except ValueError:
+        raise _malformed(text, f"ICS weight {match['ics']!r} is not a number") from None
+    if value <= 0:
+        raise _malformed(text, "ICS weight must be > 0")
+    return value
+
+
+def _letter(miner: str) -> str:
+    if miner in LETTERS:
+        return miner
+    if miner not in _NAME_TO_LETTER:
+        raise UserError(f"miner {miner!r} has no paper letter; choose one of: {', '.join(_NAME_TO_LETTER)}")
+    return _NAME_TO_LETTER[miner]
+
+
+def _format_destination(dest: str | None) -> str:
+    if dest is None:
+        raise UserError("HM needs a destination")
+    if dest == "lga":
+        return "gLGA"
+    if dest.startswith("boost:"):
+        return f"gB({_letter(dest.removeprefix('boost:'))})"
+    try:
+        return f"{float(dest):g}"
+    except ValueError:
+        return _letter(dest)
