@@ -27,6 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision import transforms
 
 from retrieval.errors import UserError
+from retrieval.protocol import protocol_for
 
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"})
@@ -40,8 +41,6 @@ MAX_CANVAS_TO_FRAME = 16
 SMALL_CANVAS = 1 << 16
 DECODE_BLOCK = 16 << 10
 """Bytes handed to the decoder per read: the deadline is checked this often."""
-SMALL_INPUT = 64
-"""Inputs up to this side (the 28x28 MNIST models) are resized directly; larger ones get resize + centre crop."""
 
 _HIGH_DEPTH_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
 """Full-scale value of each high-bit-depth mode; PIL's own convert('L') would clip these instead of scaling."""
@@ -74,12 +73,6 @@ class ImageTooComplex(ImageError):
 
 class DecodeTimeLimit(ImageError):
     """Decoding ran past its deadline (HTTP 422)."""
-
-
-def pixel_cap(input_size: int) -> int:
-    """Largest decoded image worth accepting for a model whose input side is `input_size`: 64x its side squared,
-    at least 2048x2048 (a photo scaled for the web) and at most 4096x4096."""
-    return min(4096 * 4096, max(2048 * 2048, (64 * input_size) ** 2))
 
 
 def decode_image(
@@ -129,13 +122,9 @@ def open_image(
 
 @functools.lru_cache(maxsize=8)
 def eval_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
-    """Spec 1.2 test transform: Resize(256,256) + CenterCrop(224) + ToTensor, scaled to `size`.
-
-    Sides up to SMALL_INPUT (the 28x28 protocol) are resized directly, without a crop.
-    """
-    if size <= 0:
-        raise ValueError(f"size must be positive, not {size}")
-    if size <= SMALL_INPUT:
+    """The 224x224 protocol's test transform Resize(256,256) + CenterCrop(224) + ToTensor, scaled to `size`;
+    under the 28x28 protocol (retrieval.protocol) a direct resize, without a crop."""
+    if not protocol_for(size).crop:
         return transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor()])
     resized = round(size * 256 / 224)
     return transforms.Compose(
@@ -144,8 +133,9 @@ def eval_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
 
 
 def train_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
-    """Spec 1.2 train transform: Resize(256,256) + RandomCrop(224) + RandomHorizontalFlip(0.5) + ToTensor."""
-    if size <= SMALL_INPUT:
+    """The 224x224 protocol's train transform: Resize(256,256) + RandomCrop(224) + RandomHorizontalFlip(0.5) +
+    ToTensor, scaled to `size`."""
+    if not protocol_for(size).crop:
         return eval_transform(size)  # the 28x28 protocol uses no augmentation
     resized = round(size * 256 / 224)
     return transforms.Compose(

@@ -25,6 +25,7 @@ from retrieval.distances import normalize
 from retrieval.errors import UserError
 from retrieval.ers import ATTACK_KEYS, ers, ers_interval, ers_normalize
 from retrieval.metrics import benign_metrics, embed
+from retrieval.protocol import protocol_for
 
 BENIGN_KEYS = ("R@1", "R@2", "mAP", "mAP@R", "mAP@10", "NMI")
 COLLAPSE_KEYS = ("TMA", "ES:D")
@@ -41,7 +42,7 @@ def evaluate_robustness(
     data: ImageDataset | torch.Tensor,
     labels: torch.Tensor | None = None,
     *,
-    profile: str = "rob28",
+    profile: str | None = None,
     max_queries: int | None = None,
     steps: int | None = None,
     restarts: int = 0,
@@ -56,8 +57,10 @@ def evaluate_robustness(
     """All ten attack values, their normalised scores, ERS (with a bootstrap interval over queries), per-query
     values, benign metrics, the protocol, configuration and timings.
 
-    `strong` raises the attack to at least STRONG_STEPS steps and STRONG_RESTARTS random restarts."""
+    `profile` defaults to the one of the model's input-size protocol (retrieval.protocol). `strong` raises the
+    attack to at least STRONG_STEPS steps and STRONG_RESTARTS random restarts."""
     labels = _labels(data, labels)
+    profile = protocol_for(_input_size(model, data)).profile if profile is None else profile
     if strong:
         steps = max(steps or 0, STRONG_STEPS)
         restarts = max(restarts, STRONG_RESTARTS)
@@ -142,6 +145,14 @@ def _labels(data: ImageDataset | torch.Tensor, labels: torch.Tensor | None) -> t
     if len(labels) != len(data) or len(labels) < 2:
         raise UserError(f"need at least 2 images and one label per image, got {len(data)} images, {len(labels)} labels")
     return labels.detach().long().cpu()
+
+
+def _input_size(model: nn.Module, data: ImageDataset | torch.Tensor) -> int:
+    """The model's declared input side, else the side of the images it is given."""
+    size = getattr(model, "input_size", None)
+    if size is not None:
+        return int(size)
+    return int(data.shape[-1]) if isinstance(data, torch.Tensor) else data.image_size
 
 
 def _images(data: ImageDataset | torch.Tensor, index: torch.Tensor) -> torch.Tensor:

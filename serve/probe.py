@@ -18,8 +18,9 @@ from torch import nn
 
 from retrieval.attacks import get_attack
 from retrieval.attacks.base import NOT_IN_GALLERY
-from retrieval.attacks.profiles import PROFILES, profile_for
+from retrieval.attacks.profiles import PROFILES, Profile
 from retrieval.pgd import PGDConfig
+from retrieval.protocol import protocol_for
 from serve.engine import Engine
 from serve.errors import ServiceError
 from serve.schemas import FlipSearch, ProbeResponse
@@ -61,9 +62,14 @@ class ProbeRequest:
 
 
 def default_eps(engine: Engine) -> float:
-    """The budget the model was trained for, else the paper's evaluation budget for its input size."""
+    """The budget the model was trained for (the bundle's eps), else its input-size protocol's evaluation budget."""
     eps = engine.bundle.config.get("eps")
-    return float(eps) if eps else PROFILES[profile_for(engine.bundle.input_size)].eps
+    return float(eps) if eps else _profile(engine).eps
+
+
+def _profile(engine: Engine) -> Profile:
+    """The evaluation profile of the served model's input-size protocol (retrieval.protocol)."""
+    return PROFILES[protocol_for(engine.bundle.input_size).profile]
 
 
 def run_probe(engine: Engine, image: torch.Tensor, req: ProbeRequest) -> ProbeResponse:
@@ -102,8 +108,8 @@ def probe_time_limit(req: ProbeRequest) -> ServiceError:
 
 def _attack(engine: Engine, model: nn.Module, image: torch.Tensor, name: str, eps: float, steps: int):
     """One attack from the engine's registry, its defaults (step size of the model's profile, best iterate kept)."""
-    profile = PROFILES[profile_for(engine.bundle.input_size)]
-    alpha = max(profile.alpha, 2.5 * eps / max(1, steps))  # few steps must still be able to reach the ball's edge
+    # few steps must still be able to reach the ball's edge
+    alpha = max(_profile(engine).alpha, 2.5 * eps / max(1, steps))
     cfg = PGDConfig(eps=eps, alpha=alpha, steps=steps, keep_best=True)
     attack = get_attack(name)(engine.gallery, None, cfg, generator=torch.Generator().manual_seed(0))
     result = attack(model, image, gallery_index_of_self=torch.tensor([NOT_IN_GALLERY]))

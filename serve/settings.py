@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     """Largest body of POST /search/batch."""
     max_pixels: int | None = Field(None, ge=1)
     """Largest decoded image (width x height), checked from the header; None = sized from the model's input
-    (retrieval.images.pixel_cap: 2048x2048 for the 28x28 models)."""
+    (retrieval.protocol: 2048x2048 for the 28x28 protocol, 4096x4096 for the 224x224 one)."""
     decode_time_limit_s: float = Field(2.0, gt=0)
     """Wall-clock limit of one image decode (422 decode_time_limit beyond it)."""
     max_batch: int = Field(32, ge=1, le=256)

@@ -9,7 +9,8 @@ import torch
 from fastapi import UploadFile
 
 from retrieval.bundle import Bundle
-from retrieval.images import ImageError, decode_image, pixel_cap
+from retrieval.images import ImageError, decode_image
+from retrieval.protocol import protocol_for
 from serve.errors import ServiceError, image_error
 from serve.settings import Settings
 
@@ -36,5 +37,5 @@ def decode(data: bytes, bundle: Bundle, settings: Settings, deadline: float | No
 
 
 def max_pixels(settings: Settings, bundle: Bundle) -> int:
-    """The configured pixel cap, else the one sized from the served model's input."""
-    return settings.max_pixels or pixel_cap(bundle.input_size)
+    """The configured pixel cap, else the one of the served model's input-size protocol."""
+    return settings.max_pixels or protocol_for(bundle.input_size).max_pixels

@@ -11,7 +11,7 @@ import typer
 
 from retrieval.threads import default_threads
 from retrieval.atomic import atomic_write_json, atomic_write_text
-from retrieval.attacks import PROFILES, profile_for
+from retrieval.attacks import PROFILES
 from retrieval.datasets import load_dataset, parse_dataset_spec
 from retrieval.robustness import evaluate_robustness
 from training.checkpoint import load_trained
@@ -21,7 +21,8 @@ from training.report import robustness_markdown
 
 def evaluate(
     run: Path = typer.Argument(..., help="Run directory (with checkpoint.pt) or a checkpoint file."),
-    profile: Optional[str] = typer.Option(None, help=f"Attack budget: {', '.join(PROFILES)} (default: by input size)."),
+    profile: Optional[str] = typer.Option(None, help=f"Attack budget: {', '.join(PROFILES)} "
+                                                     "(default: the input-size protocol's)."),
     max_queries: Optional[int] = typer.Option(None, min=1, help="Attack only the first N test images (all by default)."),
     steps: Optional[int] = typer.Option(None, min=0, help="PGD steps (default: the profile's 32)."),
     restarts: int = typer.Option(0, min=0, help="Extra random-start PGD runs; each item keeps its strongest."),
@@ -49,7 +50,7 @@ def evaluate(
     target = resolve_device(device)
     report = evaluate_robustness(
         model.to(target), data,
-        profile=profile or profile_for(getattr(model, "input_size", data.image_size)),
+        profile=profile,
         max_queries=max_queries, steps=steps, restarts=restarts, seed=seed, reference_quirks=reference_quirks,
         batch_size=batch_size, progress=progress, noise_baseline=noise_baseline, strong=strong,
     )

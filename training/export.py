@@ -23,8 +23,10 @@ from retrieval.atomic import atomic_write_bytes, atomic_write_json
 from retrieval.bundle import BUNDLE_FILES, CONFIG_FILE, MODEL_FILE, WEIGHTS_FILE, Bundle, sha256_file, write_manifest
 from retrieval.errors import UserError
 from retrieval.jsonfiles import read_json
+from retrieval.protocol import protocol_for
 from training.checkpoint import load_trained
-from training.defenses import DefenseConfig, build_defense
+from training.defenses import DefenseConfig
+from training.method import format_method
 from training.models import build_model
 
 OPSET = 17
@@ -68,7 +70,7 @@ def load_torch_model(bundle_dir: str | os.PathLike) -> torch.nn.Module:
 
 def _bundle_config(model: torch.nn.Module, train_config: dict, run_dir: Path | None) -> dict[str, Any]:
     """The bundle's config.json: model geometry plus the run's method, budget and headline numbers when known."""
-    method, eps = _method_and_eps(model, train_config)
+    method, eps = _method_and_eps(train_config, int(model.input_size))
     return {
         "arch": train_config["arch"],
         "input_size": int(model.input_size),
@@ -83,16 +85,17 @@ def _bundle_config(model: torch.nn.Module, train_config: dict, run_dir: Path | N
     }
 
 
-def _method_and_eps(model: torch.nn.Module, train_config: dict) -> tuple[str | None, float | None]:
-    """Paper notation and training L-inf budget, resolved by the defense itself (eps is None without adversary)."""
+def _method_and_eps(train_config: dict, input_size: int) -> tuple[str | None, float | None]:
+    """Paper notation and training L-inf budget: the configured eps, else the one of the model's input-size
+    protocol, as training resolved it (None without adversary)."""
     if not isinstance(train_config.get("defense"), dict):
         return train_config.get("method"), train_config.get("eps")
     try:
-        defense = build_defense(DefenseConfig(**train_config["defense"]))
+        cfg = DefenseConfig(**train_config["defense"])
     except TypeError as exc:
         raise UserError(f"checkpoint defense configuration is not understood: {exc}") from None
-    eps = None if defense.cfg.defense == "none" else defense.budget(model)[0]
-    return defense.name, eps
+    eps = None if cfg.defense == "none" else protocol_for(input_size).training_budget(cfg.eps, cfg.alpha)[0]
+    return format_method(cfg), eps
 
 
 def _optional_json(run_dir: Path | None, name: str) -> dict:

@@ -13,7 +13,7 @@ from retrieval.attacks.es import EmbeddingShift
 from retrieval.attacks.gtm import GreedyTop1Misrank
 from retrieval.attacks.gtt import GreedyTop1Translocation
 from retrieval.attacks.ltm import LearningToMisrank
-from retrieval.attacks.profiles import PROFILES, Profile, attack_config, profile_for
+from retrieval.attacks.profiles import PROFILES, Profile, attack_config
 from retrieval.attacks.query import QAMinus, QAPlus
 from retrieval.attacks.tma import TargetedMismatch
 from retrieval.errors import UserError
@@ -40,5 +40,5 @@ def get_attack(name: str) -> type[Attack]:
 
 __all__ = [
     "ATTACKS", "PROFILES", "VALUE_TO_ATTACK", "Attack", "AttackResult", "Batch", "Plan", "Profile",
-    "attack_config", "get_attack", "profile_for",
+    "attack_config", "get_attack",
 ]

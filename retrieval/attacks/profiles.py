@@ -1,4 +1,6 @@
-"""Attack budgets of the Empirical Robustness Score (docs/method.md#ranking-attacks) as PGD configurations."""
+"""Attack budgets of the Empirical Robustness Score (docs/method.md#ranking-attacks) as PGD configurations.
+
+Which profile a model gets by default is its input-size protocol's (`retrieval.protocol.protocol_for`)."""
 
 from __future__ import annotations
 
@@ -35,11 +37,6 @@ def protocol(profile: str, cfg: PGDConfig, reference_quirks: bool) -> str:
     if reference_quirks:
         return base + ", reference protocol (last iterate, reference GTM target, LTM self entry, ES:D one step early)"
     return base + ", best iterate, GTM: stronger of the intended and the reference target"
-
-
-def profile_for(input_size: int) -> str:
-    """The profile the paper uses for a model of this input size."""
-    return "rob28" if input_size <= 32 else "rob224"
 
 
 def attack_config(

@@ -22,15 +22,12 @@ import torch
 from torch import nn
 
 from retrieval.pgd import PGDConfig, PGDResult, bf16_is_fast, frozen, pgd, unwrap
+from retrieval.protocol import protocol_for
 from training.defenses.config import DEFENSES, DefenseConfig
 from training.defenses.notation import format_method
 from training.miners import Miner, get_miner
 
 DEFAULT_STEPS = 32
-SMALL_INPUT = 64
-"""Inputs up to this size get the paper's 28x28 budget (77/255, 3/255); larger ones the 224x224 budget."""
-SMALL_BUDGET = (77 / 255, 3 / 255)
-LARGE_BUDGET = (8 / 255, 1 / 255)
 REFERENCE_MINER_MARGIN = 1.0
 """The reference calls the miner with the Euclidean margin for ACT, EST and min-max (docs/method.md#reference-quirks)."""
 
@@ -88,13 +85,8 @@ class Defense:
         """Stateless by default."""
 
     def budget(self, model: nn.Module) -> tuple[float, float]:
-        """(eps, alpha): the configured values, or the paper's defaults for the model's input size."""
-        small = unwrap(model).input_size <= SMALL_INPUT
-        eps, alpha = SMALL_BUDGET if small else LARGE_BUDGET
-        return (
-            self.cfg.eps if self.cfg.eps is not None else eps,
-            self.cfg.alpha if self.cfg.alpha is not None else alpha,
-        )
+        """(eps, alpha): the configured values, else the training budget of the model's input-size protocol."""
+        return protocol_for(unwrap(model).input_size).training_budget(self.cfg.eps, self.cfg.alpha)
 
     def precision(self, device: torch.device) -> str:
         """The configured PGD precision, with `auto` resolved for this defense and device."""
