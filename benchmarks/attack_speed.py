@@ -23,7 +23,7 @@ from retrieval.atomic import atomic_write_json
 from retrieval.attacks import ATTACKS, attack_config
 from retrieval.datasets import load_dataset
 from retrieval.metrics import embed
-from retrieval.robustness import derived_seed
+from retrieval.seeding import derive_seed
 from retrieval.threads import default_threads
 from training.models import build_model
 
@@ -68,7 +68,7 @@ def main() -> None:
         tick = time.perf_counter()
         for b, start in enumerate(starts):
             stop = min(start + args.batch_size, queries)
-            attack.generator.manual_seed(derived_seed(0, name, b))
+            attack.generator.manual_seed(derive_seed(0, name, b))
             attack(model, images[start:stop].to(device), labels[start:stop].to(device))
         seconds = time.perf_counter() - tick
         rows[name] = {"seconds": seconds, "queries_per_second": queries / seconds}

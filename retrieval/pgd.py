@@ -104,12 +104,15 @@ def descend(x: torch.Tensor, grad: torch.Tensor, step_size: float, bounds: tuple
     return torch.minimum(torch.maximum(x - step_size * grad.sign(), lower), upper)
 
 
+def uniform_noise(images: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A uniform random point of the L-inf ball of radius eps around each image, clipped to [0, 1]: PGD's random
+    start and the random-noise baseline of evaluation. Drawn on the CPU, so a seed gives the same noise on any device."""
+    noise = torch.rand(images.shape, generator=generator, device="cpu").to(images.device, images.dtype)
+    return (images + (noise * 2 - 1) * eps).clamp(0, 1)
+
+
 def _run(model, x0, objective, cfg: PGDConfig, random_start: bool, generator) -> PGDResult:
-    if random_start and cfg.eps > 0:
-        noise = torch.rand(x0.shape, generator=generator, device="cpu").to(x0.device, x0.dtype)
-        x = (x0 + (noise * 2 - 1) * cfg.eps).clamp(0, 1)
-    else:
-        x = x0.clone()
+    x = uniform_noise(x0, cfg.eps, generator) if random_start and cfg.eps > 0 else x0.clone()
     step_size = cfg.eps if cfg.steps == 1 else cfg.alpha  # one step = FGSM with the full budget
     bounds = ball(x0, cfg.eps)
     best_x, best_j = x.clone(), None

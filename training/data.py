@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from retrieval.errors import UserError
 from retrieval.images import train_transform
-from training.seeding import derive_seed, generator
+from retrieval.seeding import derive_seed, generator
 
 def balanced_subset(labels: torch.Tensor, n: int, seed: int, *, purpose: str = "train-subset") -> torch.Tensor:
     """Sorted indices of n items drawn without replacement, spread as evenly as possible over the classes.

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset, Subset
 from retrieval.atomic import atomic_write_json
 from retrieval.datasets import ImageDataset, load_dataset
 from retrieval.errors import UserError
+from retrieval.seeding import derive_seed, generator
 from training import distributed
 from training.checkpoint import (
     load_checkpoint,
@@ -39,7 +40,6 @@ from training.defenses import build_defense
 from training.models import build_model
 from training.plots import plot_curves
 from training.runlog import RunLog, StatsWindow, TrainProgress
-from training.seeding import derive_seed, generator
 from training.validation import validate
 
 HARDNESS_KEYS = ("hardness_adv", "hardness_source", "hardness")

@@ -1,5 +1,6 @@
-"""Named, independent seeds derived from the run seed, so each random stream (model init, data order, miners,
-one per process) can be recreated without storing it."""
+"""Named, independent seeds derived from one base seed, so each random stream can be recreated without storing it:
+training's (model init, data order, miners, one per process) and evaluation's (targets and restarts per attack and
+batch, the uniform-noise baseline). A hash of the text, not Python's hash(), so a seed is the same in every process."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 
 def derive_seed(seed: int, *parts: object) -> int:
-    """A 63-bit seed determined by the run seed and a purpose, e.g. derive_seed(0, "data", epoch)."""
+    """A 63-bit seed determined by the base seed and a purpose, e.g. derive_seed(0, "data", epoch)."""
     text = ":".join(str(p) for p in (seed, *parts)).encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
 

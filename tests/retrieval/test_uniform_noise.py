@@ -1,0 +1,47 @@
+"""uniform_noise: PGD's random start and evaluation's random-noise baseline are one draw from the L-inf ball."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from retrieval.datasets import load_dataset
+from retrieval.pgd import PGDConfig, pgd, uniform_noise
+from retrieval.robustness import evaluate_robustness
+
+EPS = 0.1
+
+
+def test_noise_fills_the_ball_inside_the_image_range_and_repeats_from_its_seed():
+    images = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    noisy = uniform_noise(images, EPS, torch.Generator().manual_seed(3))
+    delta = noisy - images
+    assert noisy.min() >= 0 and noisy.max() <= 1 and delta.abs().max() <= EPS + 1e-6
+    interior = (images > EPS) & (images < 1 - EPS)
+    assert delta[interior].abs().max() > 0.95 * EPS
+    assert abs(float(delta[interior].mean())) < 0.1 * EPS  # one-sided noise would give 0.5 EPS
+    assert torch.equal(noisy, uniform_noise(images, EPS, torch.Generator().manual_seed(3)))
+    assert not torch.equal(noisy, uniform_noise(images, EPS, torch.Generator().manual_seed(4)))
+
+
+def test_pgd_random_start_is_the_same_draw():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 4))
+    images = torch.rand(3, 1, 28, 28)
+    start = pgd(model, images, lambda e: e.sum(1), PGDConfig(EPS, 0.01, 0, random_start=True),
+                generator=torch.Generator().manual_seed(7)).x
+    assert torch.equal(start, uniform_noise(images, EPS, torch.Generator().manual_seed(7)))
+
+
+def test_the_noise_baseline_repeats_from_its_seed_and_changes_with_it():
+    torch.manual_seed(0)
+    data = load_dataset("fashion-mnist", "test")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 8))
+
+    def noise_values(seed: int) -> dict:
+        return evaluate_robustness(model, data.tensors()[:48], data.labels[:48], profile="rob28", max_queries=16,
+                                   steps=1, batch_size=16, seed=seed, progress=False,
+                                   noise_baseline=True)["noise_baseline"]["attacks"]
+
+    first = noise_values(0)
+    assert noise_values(0) == first
+    assert noise_values(1)["ES:D"] != first["ES:D"]  # ES:D has no targets: only the noise itself can move it
