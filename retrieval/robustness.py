@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import zlib
 from typing import Iterator
 
 import torch
@@ -25,16 +24,13 @@ from retrieval.distances import normalize
 from retrieval.errors import UserError
 from retrieval.ers import ATTACK_KEYS, ers, ers_interval, ers_normalize
 from retrieval.metrics import benign_metrics, embed
+from retrieval.pgd import uniform_noise
 from retrieval.protocol import protocol_for
+from retrieval.seeding import derive_seed, generator
 
 BENIGN_KEYS = ("R@1", "R@2", "mAP", "mAP@R", "mAP@10", "NMI")
 COLLAPSE_KEYS = ("TMA", "ES:D")
 """Near 1 and near 0 respectively signal a collapsed embedding (a high ERS alone does not rule it out)."""
-
-
-def derived_seed(seed: int, *parts: object) -> int:
-    """A stable 31-bit seed for one (attack, batch) pair: independent of which other attacks or batches run."""
-    return zlib.crc32(":".join(map(str, (seed, *parts))).encode()) & 0x7FFFFFFF
 
 
 def evaluate_robustness(
@@ -92,15 +88,15 @@ def evaluate_robustness(
             index = torch.arange(start, min(start + batch_size, n))
             images = _images(data, index).to(device)
             batch_labels = labels[index].to(device)
-            noisy = _noise(images, cfg.eps, derived_seed(seed, "noise", b)) if noise_baseline else None
+            noisy = uniform_noise(images, cfg.eps, generator(seed, "noise", b)) if noise_baseline else None
             for name, attack in attacks.items():
                 tick = time.perf_counter()
-                attack.generator.manual_seed(derived_seed(seed, name, b))
+                attack.generator.manual_seed(derive_seed(seed, name, b))
                 _accumulate(sums, attack(model, images, batch_labels).values, per_query)
                 seconds[name] += time.perf_counter() - tick
                 advance(f"{name} batch {b + 1}/{len(starts)}")
                 if noisy is not None:
-                    attack.generator.manual_seed(derived_seed(seed, name, b))  # same targets as the attack
+                    attack.generator.manual_seed(derive_seed(seed, name, b))  # same targets as the attack
                     _accumulate(noise_sums, attack.measure_perturbed(model, images, noisy, batch_labels).values)
                     advance(f"{name} noise {b + 1}/{len(starts)}")
 
@@ -164,13 +160,6 @@ def _images(data: ImageDataset | torch.Tensor, index: torch.Tensor) -> torch.Ten
     return torch.stack([data[int(i)][0] for i in index])
 
 
-def _noise(images: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
-    """Uniform noise in the same L-inf ball the attacks use, clipped to [0, 1]."""
-    generator = torch.Generator().manual_seed(seed)
-    u = torch.rand(images.shape, generator=generator).to(images.device, images.dtype)
-    return (images + (2 * u - 1) * eps).clamp(0, 1)
-
-
 def _accumulate(
     sums: dict[str, float], values: dict[str, torch.Tensor], per_query: dict[str, list[float]] | None = None
 ) -> None:
@@ -195,4 +184,4 @@ def _progress(enabled: bool, total: int) -> Iterator:
         yield lambda text: bar.update(task, advance=1, description=text)
 
 
-__all__ = ["derived_seed", "evaluate_robustness"]
+__all__ = ["evaluate_robustness"]
