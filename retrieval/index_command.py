@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TimeRemainingColumn
+from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
 from retrieval.errors import UserError
+from retrieval.progress import tracked
 
 
 def index(
@@ -64,13 +64,13 @@ def index(
     if dataset is not None:
         name, split = parse_dataset_spec(dataset)
         data = load_dataset(name, split, root=data_root, image_size=model.input_size, channels=model.channels)
-        with _progress(console, len(data)) as advance:
+        with tracked("embedding", len(data), _RateColumn(), console=console) as advance:
             items = embed_dataset(
                 data, embedder, strict=strict, known_sha256=known, progress=advance, thumbnails=previews
             )
     else:
         paths = image_files(images)
-        with _progress(console, len(paths)) as advance:
+        with tracked("embedding", len(paths), _RateColumn(), console=console) as advance:
             items = embed_files(
                 paths, embedder, strict=strict, known_sha256=known, progress=advance, thumbnails=previews
             )
@@ -105,12 +105,3 @@ class _RateColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         return Text(f"{task.speed or 0:,.0f} images/s", style="progress.data.speed")
-
-
-@contextlib.contextmanager
-def _progress(console: Console, total: int) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar over `total` images; yields the callback that advances it."""
-    columns = (BarColumn(), MofNCompleteColumn(), _RateColumn(), TimeRemainingColumn())
-    with Progress("embedding", *columns, console=console) as bar:
-        task = bar.add_task("embedding", total=total)
-        yield lambda n: bar.advance(task, n)

@@ -9,12 +9,9 @@ with the same targets, so "far beyond random noise" can be shown.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from typing import Iterator
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
 from retrieval.attacks import ATTACKS, attack_config
@@ -25,6 +22,7 @@ from retrieval.errors import UserError
 from retrieval.ers import ATTACK_KEYS, ers, ers_interval, ers_normalize
 from retrieval.metrics import benign_metrics, embed
 from retrieval.pgd import uniform_noise
+from retrieval.progress import tracked
 from retrieval.protocol import protocol_for
 from retrieval.seeding import derive_seed, generator
 
@@ -83,7 +81,7 @@ def evaluate_robustness(
     per_query: dict[str, list[float]] = {k: [] for k in ATTACK_KEYS}
     seconds = dict.fromkeys(ATTACKS, 0.0)
     tasks = len(starts) * len(attacks) * (2 if noise_baseline else 1)
-    with _progress(progress, tasks) as advance:
+    with tracked("attacks", tasks, enabled=progress) as step:
         for b, start in enumerate(starts):
             index = torch.arange(start, min(start + batch_size, n))
             images = _images(data, index).to(device)
@@ -94,11 +92,11 @@ def evaluate_robustness(
                 attack.generator.manual_seed(derive_seed(seed, name, b))
                 _accumulate(sums, attack(model, images, batch_labels).values, per_query)
                 seconds[name] += time.perf_counter() - tick
-                advance(f"{name} batch {b + 1}/{len(starts)}")
+                step(description=f"{name} batch {b + 1}/{len(starts)}".ljust(22))
                 if noisy is not None:
                     attack.generator.manual_seed(derive_seed(seed, name, b))  # same targets as the attack
                     _accumulate(noise_sums, attack.measure_perturbed(model, images, noisy, batch_labels).values)
-                    advance(f"{name} noise {b + 1}/{len(starts)}")
+                    step(description=f"{name} noise {b + 1}/{len(starts)}".ljust(22))
 
     values = {k: v / len(starts) for k, v in sums.items()}
     low, high = ers_interval(per_query, seed=seed) if n > 1 else (float("nan"), float("nan"))
@@ -167,21 +165,6 @@ def _accumulate(
         sums[key] += float(per_item.float().mean())
         if per_query is not None:
             per_query[key].extend(per_item.float().cpu().tolist())
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int) -> Iterator:
-    """A rich progress bar with ETA; `advance(text)` moves it one task."""
-    if not enabled:
-        yield lambda text: None
-        return
-    columns = (
-        TextColumn("[bold]{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task("attacks", total=total)
-        yield lambda text: bar.update(task, advance=1, description=text)
 
 
 __all__ = ["evaluate_robustness"]

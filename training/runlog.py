@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import TextColumn
 
 from retrieval.atomic import atomic_write_text
+from retrieval.progress import progress_bar
 
 
 class RunLog:
@@ -75,15 +76,9 @@ class TrainProgress:
 
     def __init__(self, total: int, completed: int, *, console: Console, enabled: bool):
         self.enabled = enabled
-        self._progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
+        self._progress = progress_bar(
             TextColumn("loss {task.fields[loss]}  H {task.fields[hardness]}  {task.fields[speed]} img/s"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            disable=not enabled,
+            console=console, enabled=enabled,
         )
         self._task = self._progress.add_task(
             "train", total=total, completed=completed, loss="-", hardness="-", speed="-"
