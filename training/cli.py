@@ -14,6 +14,7 @@ from rich.console import Console
 from retrieval.errors import UserError
 from retrieval.threads import default_threads
 from training.config import PRESETS, TrainConfig, build_config
+from training.defenses import DEFENSES
 from training.export import export_command
 from training.method import parse_method
 
@@ -54,7 +55,7 @@ def train(
     deterministic: Optional[bool] = typer.Option(None, "--deterministic/--nondeterministic",
                                                  help="Deterministic torch kernels where available (on)."),
     method: Optional[str] = typer.Option(None, help='Paper notation, e.g. "HM[S,gLGA]&ICS"; options below win.'),
-    defense: Optional[str] = typer.Option(None, help="none, est, act, minmax or hm."),
+    defense: Optional[str] = typer.Option(None, help=f"{', '.join(DEFENSES)} (minmax = HM[X,2])."),
     source: Optional[str] = typer.Option(None, "--source", "--miner",
                                          help="Miner (R/M/S/D/H or random, semihard, ...); HM's source miner."),
     destination: Optional[str] = typer.Option(

@@ -101,6 +101,14 @@ def test_min_max_perturbs_every_triplet(batch):
     assert torch.equal(loss, hm_loss) and stats == hm_stats  # the hm key with destination 2 is the same min-max
 
 
+def test_min_max_never_stops_early_where_hm_does(batch):
+    """With eps = 0 nothing moves, so the objective stalls at once: HM's early stop ends PGD after two steps, the
+    direct min-max runs all eta steps (docs/method.md#min-max-hmx2)."""
+    model, images, labels = batch
+    assert run("HM[R,1.5]", model, images, labels, pgd_steps=8, eps=0.0)[2]["pgd_steps"] == 2
+    assert run("HM[R,2]", model, images, labels, pgd_steps=8, eps=0.0)[2]["pgd_steps"] == 8
+
+
 def test_triplets_at_or_above_destination_never_move(batch):
     model, images, labels = batch
     a, p, n = replay("R", model, images, labels)
@@ -242,7 +250,9 @@ def test_reference_mode_quirks(batch):
     assert isinstance(act, AntiCollapse) and act.miner.margin == 1.0 and act.miner.reference
     assert build_defense(parse_method("ACT[M]")).miner.margin == 0.2
     model.module.arch = "c2f2"
-    minmax = build_defense(dataclasses.replace(parse_method("HM[R,2]"), reference=True))
+    minmax = build_defense(dataclasses.replace(parse_method("HM[M,2]"), reference=True))
+    assert minmax.miner.margin == 1.0 and build_defense(parse_method("HM[M,2]")).miner.margin == 0.2
+    assert build_defense(dataclasses.replace(parse_method("HM[M,gLGA]"), reference=True)).miner.margin == 0.2
     _, stats = minmax(model, images, labels)
     assert stats["pgd_steps"] == 7 and minmax.paper_cost() == 8
 

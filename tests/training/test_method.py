@@ -1,12 +1,14 @@
-"""The paper notation <-> DefenseConfig (training/method.py)."""
+"""The paper notation <-> DefenseConfig (training/defenses/notation.py, imported as training.method)."""
 
 from __future__ import annotations
 
 import pytest
 
 from retrieval.errors import UserError
-from training.defenses.config import DefenseConfig
-from training.method import parse_method, format_method
+from training.defenses import DEFENSES, build_defense
+from training.defenses.config import DefenseConfig, validate
+from training.defenses.none import Regular
+from training.method import format_method, grammar, parse_method, said
 
 
 @pytest.mark.parametrize(
@@ -63,3 +65,38 @@ def test_malformed_methods_show_the_grammar(text):
 def test_format_rejects_unknown_defense():
     with pytest.raises(UserError):
         format_method(DefenseConfig(defense="magic"))
+
+
+@pytest.fixture
+def new_defense():
+    """A defense added the way a new one is: one class that declares itself (removed from the registry afterwards)."""
+
+    class Clean(Regular):
+        key, notation = "clean", "CLEAN"
+        ics_applies = True  # (wrongly, for a defense without adversary: it shows that the class attribute decides)
+
+    yield Clean
+    del DEFENSES["clean"]
+
+
+def test_a_defense_is_one_class_that_validation_notation_and_build_read(new_defense):
+    cfg = parse_method("CLEAN[S]&ICS(0.1)")
+    assert (cfg.defense, cfg.source, cfg.destination, cfg.ics) == ("clean", "softhard", None, 0.1)
+    assert format_method(cfg) == "CLEAN[S]&ICS(0.1)"
+    assert isinstance(build_defense(cfg), new_defense) and build_defense(cfg).name == "CLEAN[S]&ICS(0.1)"
+    assert "CLEAN[X]" in grammar()
+    with pytest.raises(UserError, match="applies to HM only"):
+        validate(DefenseConfig(defense="clean", destination="M"))
+    with pytest.raises(UserError, match="grammar"):
+        parse_method("CLEAN[S,M]")
+    new_defense.ics_applies = False
+    with pytest.raises(UserError, match="ICS needs an adversarial anchor"):
+        validate(cfg)
+    with pytest.raises(UserError, match="grammar"):
+        parse_method("CLEAN[S]&ICS")
+
+
+def test_the_notation_says_only_the_method_fields():
+    """A method string sets defense, miner, destination and ICS, all four always; nothing else (presets keep eta)."""
+    assert said(parse_method("N/A[R]")) == {"defense": "none", "source": "random", "destination": None, "ics": 0.0}
+    assert parse_method("HM[S,gLGA]&ICS") == DefenseConfig(defense="hm", source="softhard", destination="lga", ics=0.5)
