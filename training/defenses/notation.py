@@ -48,7 +48,7 @@ def said(cfg: DefenseConfig) -> dict[str, Any]:
 
 
 def parse_method(text: str) -> DefenseConfig:
-    """Paper notation -> DefenseConfig holding what the string said (METHOD_FIELDS); other fields keep their defaults."""
+    """Paper notation -> DefenseConfig of what the string said (METHOD_FIELDS); other fields keep their defaults."""
     match = _PATTERN.fullmatch(text.replace(" ", ""))
     if match is None:
         raise _malformed(text, "does not match the grammar")
