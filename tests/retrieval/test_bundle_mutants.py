@@ -90,8 +90,13 @@ def test_a_listed_file_that_is_missing_a_directory_or_outside_is_refused(tmp_pat
     (directory / "a").rmdir()
     _files(tmp_path, outside=b"1")
     (directory / "a").symlink_to(tmp_path / "outside")
-    with pytest.raises(UserError, match="resolves outside"):
+    with pytest.raises(UserError) as error:
         verify_manifest(directory, "thing", required=("a",))
+    assert str(error.value) == f"thing file a resolves outside {directory.resolve()}"
+    (directory / "manifest.json").unlink()
+    with pytest.raises(UserError) as error:
+        verify_manifest(directory, "thing", required=("a",))
+    assert str(error.value) == f"thing file {directory / 'manifest.json'} not found"
 
 
 def test_load_reads_every_field_as_its_type(bundle_dir: Path, tmp_path: Path):
@@ -147,5 +152,22 @@ def test_load_names_a_missing_config_key(tmp_path, key):
     with pytest.raises(UserError) as error:
         Bundle.load(copy, verify=False)
     assert str(error.value) == f"bundle config {copy / 'config.json'} lacks '{key}'"
-    with pytest.raises(UserError, match="config.json does not match"):
+    with pytest.raises(UserError) as error:
         Bundle.load(copy)
+    assert str(error.value) == (f"bundle file {copy / 'config.json'} does not match its manifest sha256 "
+                                "(modified or truncated)")
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_load_names_an_unreadable_config_or_manifest_as_the_bundle_s(tmp_path, verify):
+    copy = make_bundle(tmp_path / "b")
+    (copy / "config.json").write_text("{broken")
+    write_manifest(copy, ("model.onnx", "weights.safetensors", "config.json"),
+                   model_sha256=sha256_file(copy / "model.onnx"))
+    with pytest.raises(UserError) as error:
+        Bundle.load(copy, verify=verify)
+    assert str(error.value).startswith(f"bundle file {copy / 'config.json'} is not readable JSON: ")
+    (copy / "manifest.json").unlink()
+    with pytest.raises(UserError) as error:
+        Bundle.load(copy, verify=verify)
+    assert str(error.value) == f"bundle file {copy / 'manifest.json'} not found"
