@@ -40,6 +40,7 @@ from retrieval.bundle import verify_manifest, write_manifest
 from retrieval.errors import UserError
 from retrieval.generations import publish, resolve_current
 from retrieval.jsonfiles import read_json
+from retrieval.threads import serial_faiss
 from retrieval.thumbnails import FILES as THUMBNAIL_FILES, MAX_SIDE as THUMBNAIL_MAX_SIDE, Thumbnails
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf-pq")
@@ -53,7 +54,7 @@ REFINE_FACTOR = 32
 """ivf-pq re-ranks REFINE_FACTOR * k PQ candidates exactly (cheap next to scanning the probed lists)."""
 
 SERIAL_QUERIES = 16
-"""Query batches up to this size search on the calling thread only (see index_quality.serial)."""
+"""Query batches up to this size search on the calling thread only (see threads.serial_faiss)."""
 
 INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.parquet"
@@ -179,7 +180,7 @@ class GalleryIndex:
         vectors = _prepare(vectors, self.dim)
         if len(vectors) > SERIAL_QUERIES:
             return self.index.search(vectors, k)
-        with quality.serial():
+        with serial_faiss():
             return self.index.search(vectors, k)
 
     def rows(self, ids: Sequence[int]) -> list[dict[str, Any]]:

@@ -34,21 +34,18 @@ def index(
     ),
 ) -> None:
     """Embed a gallery with a bundle's ONNX model and build (or --append to) a FAISS index."""
-    import faiss  # late imports keep `--help` of every command fast
-
-    from retrieval.bundle import Bundle
+    from retrieval.bundle import Bundle  # late imports keep `--help` of every command fast
     from retrieval.datasets import load_dataset, parse_dataset_spec
     from retrieval.embedder import OnnxEmbedder
     from retrieval.gallery import embed_dataset, embed_files, image_files
     from retrieval.index import INDEX_TYPES, GalleryIndex
-    from retrieval.threads import default_threads
+    from retrieval.threads import use_faiss_threads
 
     if (dataset is None) == (images is None):
         raise UserError("give exactly one of --dataset or --images")
     if index_type not in INDEX_TYPES:
         raise UserError(f"--index-type must be one of {', '.join(INDEX_TYPES)}, not {index_type!r}")
-    threads = threads or default_threads()
-    faiss.omp_set_num_threads(threads)
+    threads = use_faiss_threads(threads)
     model = Bundle.load(bundle)
     embedder = OnnxEmbedder(model, threads=threads, batch_size=batch_size)
     existing = GalleryIndex.load(out, expected_model_sha256=model.model_sha256) if append else None

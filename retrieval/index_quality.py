@@ -6,12 +6,13 @@ approximate neighbour lists (leave-one-out), so recall is not inflated by trivia
 
 from __future__ import annotations
 
-import contextlib
 import time
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import faiss
 import numpy as np
+
+from retrieval.threads import serial_faiss
 
 RECALL_K = 10
 RECALL_TARGET = 0.95
@@ -67,25 +68,10 @@ def apply_params(index: faiss.Index, params: dict[str, float]) -> None:
         space.set_index_parameter(index, name, value)
 
 
-@contextlib.contextmanager
-def serial() -> Iterator[None]:
-    """Run FAISS on the calling thread only (OpenMP's thread count is per calling thread, so this is local).
-
-    For one query an OpenMP team costs more than it saves, and on a busy machine it stalls: a 10k flat search took
-    50 ms with 2 threads and 0.8 ms with 1 on a loaded 2-core box.
-    """
-    previous = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(previous)
-
-
 def latency_ms(index: faiss.Index, queries: np.ndarray, k: int = RECALL_K) -> dict[str, float]:
     """Per-query latency of one-at-a-time, single-threaded searches (what a serving request sees), p50/p99 in ms."""
     times = []
-    with serial():
+    with serial_faiss():
         for q in queries:
             start = time.perf_counter()
             index.search(q[None, :], k)

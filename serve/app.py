@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator, Callable
 
 import anyio
-import torch
 from fastapi import FastAPI
 
 from retrieval.errors import UserError
+from retrieval.threads import use_torch_threads
 from serve.batching import SearchBatcher
 from serve.engine import Engine, load_engine
 from serve.errors import install_error_handlers
@@ -44,7 +44,7 @@ def create_app(settings: Settings, *, loader: Loader = default_loader) -> FastAP
         state = ServiceState(settings, metrics)
         app.state.service = state
         app.state.batcher = SearchBatcher(settings, metrics, state.cpu_limiter)
-        torch.set_num_threads(settings.cpu_threads)
+        use_torch_threads(settings.cpu_threads)  # once: request threads adopt it (retrieval.threads)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_load, state, loader)
             tasks.start_soon(app.state.batcher.run)

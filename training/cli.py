@@ -7,12 +7,11 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 import typer
 from rich.console import Console
 
 from retrieval.errors import UserError
-from retrieval.threads import default_threads
+from retrieval.threads import use_torch_threads
 from training.config import PRESETS, TrainConfig, build_config
 from training.defenses import DEFENSES
 from training.export import export_command
@@ -87,7 +86,7 @@ def train(
     else:
         parsed = parse_method(method) if method is not None else None
         cfg = build_config(options, defense_options, preset=preset, method=parsed)
-    _use_all_cores()
+    use_torch_threads()  # torch may default to fewer threads than cores; OMP_NUM_THREADS (torchrun's) wins
     console = Console()
     if int(os.environ.get("RANK", "0")) == 0:
         console.print_json(data=cfg.to_dict())
@@ -125,11 +124,6 @@ def _resumed_config(out: Path, explicit: dict[str, Any], *, preset: str | None, 
         raise UserError(f"{names} cannot change on --resume; only {', '.join(RESUMABLE)} can")
     values.update({k: v for k, v in explicit.items() if k in RESUMABLE})
     return TrainConfig.from_dict(values).validate()
-
-
-def _use_all_cores() -> None:
-    """torch defaults to fewer threads than cores on some machines; OMP_NUM_THREADS (e.g. from torchrun) wins."""
-    torch.set_num_threads(default_threads())
 
 
 def report(

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
-import torch
 import typer
 
-from retrieval.threads import default_threads
 from retrieval.atomic import atomic_write_json, atomic_write_text
 from retrieval.attacks import PROFILES
 from retrieval.datasets import load_dataset, parse_dataset_spec
+from retrieval.jsonfiles import read_json
 from retrieval.robustness import evaluate_robustness
+from retrieval.threads import use_torch_threads
 from training.checkpoint import load_trained
 from training.distributed import resolve_device
 from training.report import robustness_markdown
@@ -41,7 +40,7 @@ def evaluate(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA."),
 ) -> None:
     """Attack a trained model with the ten ERS attacks and write robustness.json and robustness.md."""
-    torch.set_num_threads(default_threads())
+    use_torch_threads()
     trained = load_trained(run)
     model, config, run_dir = trained.model, trained.config, trained.run_dir or trained.checkpoint.parent
     name, split = parse_dataset_spec(dataset) if dataset else (config.get("dataset", "fashion-mnist"), "test")
@@ -54,7 +53,8 @@ def evaluate(
         max_queries=max_queries, steps=steps, restarts=restarts, seed=seed, reference_quirks=reference_quirks,
         batch_size=batch_size, progress=progress, noise_baseline=noise_baseline, strong=strong,
     )
-    report = {"method": _method(run_dir) or config.get("method"), "run": str(run_dir), "dataset": f"{name}:{split}",
+    trained_as = read_json(run_dir / "metrics.json", "run", missing_ok=True).get("method")  # paper notation
+    report = {"method": trained_as or config.get("method"), "run": str(run_dir), "dataset": f"{name}:{split}",
               **report}
     destination = out or run_dir
     stem = "robustness-strong" if strong else "robustness"
@@ -63,10 +63,3 @@ def evaluate(
     typer.echo(robustness_markdown(report, run_dir.name))
     typer.echo(f"wrote {destination / stem}.json and {stem}.md")
 
-
-def _method(run_dir: Path) -> str | None:
-    """The paper-notation method from the run's metrics.json, when training wrote one."""
-    try:
-        return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")).get("method")
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None

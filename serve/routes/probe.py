@@ -7,7 +7,6 @@ import time
 from typing import Annotated, Literal
 
 import anyio
-import torch
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
 from serve.errors import ServiceError
@@ -50,7 +49,6 @@ async def probe(
         start = time.perf_counter()
 
         def work() -> ProbeResponse:
-            torch.set_num_threads(settings.cpu_threads)
             try:
                 query = decode(blob, engine.bundle, settings, deadline=deadline)
             except ServiceError as exc:
