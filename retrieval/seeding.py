@@ -5,8 +5,10 @@ batch, the uniform-noise baseline). A hash of the text, not Python's hash(), so 
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -17,4 +19,6 @@ def derive_seed(seed: int, *parts: object) -> int:
 
 def generator(seed: int, *parts: object, device: str | torch.device = "cpu") -> torch.Generator:
     """A fresh torch.Generator on `device` seeded with derive_seed(seed, *parts)."""
+    import torch  # late: derive_seed alone needs no torch (a fresh process gets a seed in milliseconds)
+
     return torch.Generator(device=device).manual_seed(derive_seed(seed, *parts))
