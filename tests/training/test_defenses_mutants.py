@@ -1,0 +1,89 @@
+"""training.defenses: HM's early-stop tolerance and pass count, where LGA's state is shared, and the messages of
+refused methods and configs (each a behaviour a sampled mutant of training/defenses changed without a test noticing)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from retrieval.distances import normalize
+from retrieval.errors import UserError
+from training.defenses import build_defense
+from training.defenses.config import DefenseConfig, validate
+from training.defenses.hm import EARLY_STOP_TOL
+from training.defenses.lga import build_destination
+from training.defenses.notation import grammar, parse_method
+
+
+class Tiny(nn.Module):
+    arch, input_size, channels, embedding_dim = "tiny", 28, 1, 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(28 * 28, self.embedding_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize(self.fc(x.flatten(1)))
+
+
+def _hm(destination: str = "0"):
+    cfg = DefenseConfig(defense="hm", source="random", destination=destination, pgd_steps=3, precision="fp32")
+    return build_defense(cfg, generator=torch.Generator().manual_seed(0))
+
+
+def _perturb(defense, moving: list[bool]):
+    """HM.perturb on 3N copies of random images; records the early-stop tolerance PGD was given."""
+    torch.manual_seed(0)
+    x0 = torch.rand(3 * len(moving), 1, 28, 28)
+    given = []
+    attack = defense.attack
+
+    def recording(model, x, objective, *, early_stop_tol=None):
+        given.append(early_stop_tol)
+        return attack(model, x, objective, early_stop_tol=early_stop_tol)
+
+    defense.attack = recording
+    out = defense.perturb(Tiny(), x0, torch.tensor(moving), torch.zeros(len(moving)))
+    return x0, out, given
+
+
+def test_hm_early_stop_tolerance_is_rescaled_by_n_over_k():
+    """PGD sees only the k moving triplets, so its per-triplet mean must settle within 1e-7 * N / k: the rule on
+    the whole batch's mean (docs/method.md, HM)."""
+    _, _, given = _perturb(_hm(), [True, False, False, True, False, False, False, True])
+    assert given == [pytest.approx(EARLY_STOP_TOL * 8 / 3)]
+    _, _, given = _perturb(_hm("2"), [True, False, True, True])  # min-max never stops early
+    assert given == [None]
+
+
+def test_hm_with_nothing_moving_costs_nothing():
+    x0, (x, steps, passes), given = _perturb(_hm(), [False, False, False])
+    assert x is x0 and (steps, passes) == (0, 0) and given == []
+    _, (_, steps, passes), _ = _perturb(_hm(), [True, False, False])
+    assert passes == steps * 3 and steps >= 1  # each step: one forward+backward of the 3 moving copies
+
+
+@pytest.mark.parametrize("text", ["lga", "boost:R"])
+def test_intended_lga_state_is_shared_across_processes_and_reference_state_is_not(text):
+    """The intended LGA averages its running loss over all processes; the reference keeps one per process."""
+    def build(reference: bool):
+        return build_destination(text, margin=0.2, u=0.2, xi=0.1, reference=reference)
+
+    assert build(reference=False).sync is True
+    assert build(reference=True).sync is False
+
+
+@pytest.mark.parametrize("method", ["ACT[R,M]", "HM[R]"])
+def test_a_method_with_the_wrong_brackets_is_refused_quoting_it(method):
+    with pytest.raises(UserError) as refused:
+        parse_method(method)
+    assert str(refused.value) == (f"bad method {method!r} (HM takes [source,destination], the others only [miner]); "
+                                  f"grammar: {grammar()}")
+
+
+@pytest.mark.parametrize("overrides", [{"margin": -0.1}, {"lga_u": 0.0}])
+def test_a_negative_margin_or_non_positive_lga_clip_is_refused(overrides):
+    with pytest.raises(UserError) as refused:
+        validate(DefenseConfig(**overrides))
+    assert str(refused.value) == "margin must be >= 0 and the LGA clip u must be > 0"
