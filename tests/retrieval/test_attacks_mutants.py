@@ -1,13 +1,18 @@
-"""retrieval.attacks.base: the shared procedure every attack inherits, on two small attacks of the test's own --
-each image keeps its best plan, and targets come from the generator the caller passes."""
+"""retrieval.attacks: the shared procedure every attack inherits (on two small attacks of the test's own: each image
+keeps its best plan, targets come from the caller's generator), neighbours and self entries, LTM's objective, and the
+budgets' refusals and protocol text (each a behaviour a sampled mutant changed without a test noticing)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retrieval.attacks import Attack, Batch, Plan
+from retrieval.attacks import Attack, Batch, Plan, attack_config, get_attack
+from retrieval.attacks.base import NOT_IN_GALLERY
+from retrieval.attacks.profiles import protocol
+from retrieval.errors import UserError
 from retrieval.pgd import PGDConfig
 
 CFG = PGDConfig(eps=0.01, alpha=0.01, steps=1)
@@ -62,3 +67,45 @@ def test_targets_are_drawn_from_the_callers_generator_and_seed_0_by_default():
     default = DrawsTargets(_gallery(), None, CFG)
     assert default(nn.Flatten(), _images()).targets.tolist() == expected(0)
     assert expected(5) != expected(0)
+
+
+def test_a_two_item_gallery_still_has_a_neighbour_to_attack_with():
+    """CA- draws among the top 1% non-self neighbours: at least one, at most all the others."""
+    gallery = _gallery()[:2]
+    attacked = get_attack("CA-")(gallery, None, CFG)(nn.Flatten(), _images()[:1], gallery_index_of_self=torch.tensor([0]))
+    assert attacked.targets.tolist() == [1]
+
+
+def test_an_image_outside_the_gallery_may_target_its_nearest_gallery_item():
+    """A /probe upload is not in the gallery (-1): its nearest item is a neighbour, not its own entry."""
+    images = _images()[:1]
+    gallery = F.normalize(torch.cat([images.flatten(1), torch.randn(3, 16, generator=torch.Generator().manual_seed(4))]))
+    attack = get_attack("CA-")(gallery, None, CFG)
+    assert attack(nn.Flatten(), images, gallery_index_of_self=torch.tensor([NOT_IN_GALLERY])).targets.tolist() == [0]
+    assert attack(nn.Flatten(), images, gallery_index_of_self=torch.tensor([0])).targets.tolist() != [0]
+
+
+def test_ltm_objective_is_farthest_other_class_minus_nearest_same_class():
+    """J = max(0, max_{other} d(q, X_j) - min_{same} d(q, X_j)), brute force on a small labelled gallery."""
+    gallery, labels = _gallery()[:6], torch.tensor([0, 0, 0, 1, 1, 1])
+    queries = F.normalize(torch.randn(4, 16, generator=torch.Generator().manual_seed(5)), dim=1)
+    query_labels = torch.tensor([0, 1, 0, 1])
+    distances = torch.cdist(queries, gallery)
+    batch = Batch(embeddings=queries, distances=distances, self_index=torch.full((4,), NOT_IN_GALLERY),
+                  labels=query_labels)
+    attack = get_attack("LTM")(gallery, labels, CFG)
+    loss, _ = attack.score(queries, batch, attack.select(batch))
+    for i in range(4):
+        same = labels == query_labels[i]
+        expected = max(0.0, float(distances[i][~same].max() - distances[i][same].min()))
+        assert float(loss[i]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_attack_budgets_refuse_negative_settings_and_name_the_reference_protocol():
+    with pytest.raises(UserError) as refused:
+        attack_config("rob28", steps=-1)
+    assert str(refused.value) == "steps, restarts and eps must be >= 0"
+    reference = attack_config("rob28", reference_quirks=True)
+    assert protocol("rob28", reference, True) == (
+        "rob28 eps 77/255, alpha 3/255, 32 steps x 1 start(s), reference protocol "
+        "(last iterate, reference GTM target, LTM self entry, ES:D one step early)")

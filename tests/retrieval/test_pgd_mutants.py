@@ -69,3 +69,27 @@ def test_uniform_noise_stays_in_the_ball_and_in_the_pixel_range():
     grey = uniform_noise(torch.full((2, 1, 16, 16), 0.5), 0.1, generator)
     assert float(grey.min()) >= 0.4 - 1e-6 and float(grey.max()) <= 0.6 + 1e-6
     assert float(grey.min()) < 0.42 and float(grey.max()) > 0.58  # both sides of the ball are reached
+
+
+def test_keep_best_replaces_an_item_only_when_it_is_strictly_better():
+    """The per-item rule: with every item's objective flat, each item keeps its first iterate."""
+    images = _images()
+    cfg = PGDConfig(eps=0.3, alpha=0.1, steps=3, keep_best=True)
+    result = pgd(nn.Flatten(), images, lambda e: (e - e.detach()).sum(dim=1), cfg)
+    assert torch.equal(result.x, images)
+
+
+def test_uniform_noise_never_leaves_the_top_of_the_pixel_range():
+    white = uniform_noise(torch.ones(2, 1, 16, 16), 0.5, torch.Generator().manual_seed(0))
+    assert float(white.max()) == 1.0 and float(white.min()) >= 0.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_uniform_noise_keeps_the_images_dtype(dtype):
+    assert uniform_noise(torch.full((1, 1, 4, 4), 0.5, dtype=dtype), 0.1).dtype == dtype
+
+
+def test_an_unknown_precision_is_refused_by_name():
+    with pytest.raises(ValueError) as refused:
+        PGDConfig(eps=0.1, alpha=0.01, steps=1, precision="fp16")
+    assert str(refused.value) == "precision must be 'fp32' or 'bf16', not 'fp16'"

@@ -1,5 +1,6 @@
-"""training.defenses: HM's early-stop tolerance and pass count, where LGA's state is shared, and the messages of
-refused methods and configs (each a behaviour a sampled mutant of training/defenses changed without a test noticing)."""
+"""training.defenses: HM's early-stop tolerance and pass count, where LGA's state is shared, EST's jitter and its
+reproducibility, and the messages of refused methods and configs (each a behaviour a sampled mutant of
+training/defenses changed without a test noticing)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from training.defenses import build_defense
 from training.defenses.config import DefenseConfig, validate
 from training.defenses.hm import EARLY_STOP_TOL
 from training.defenses.lga import build_destination
-from training.defenses.notation import grammar, parse_method
+from training.defenses.notation import format_method, grammar, parse_method
 
 
 class Tiny(nn.Module):
@@ -87,3 +88,39 @@ def test_a_negative_margin_or_non_positive_lga_clip_is_refused(overrides):
     with pytest.raises(UserError) as refused:
         validate(DefenseConfig(**overrides))
     assert str(refused.value) == "margin must be >= 0 and the LGA clip u must be > 0"
+
+
+def test_unknown_methods_and_hm_without_destination_are_user_errors():
+    with pytest.raises(UserError) as refused:
+        parse_method("XYZ[R]")
+    assert str(refused.value) == f"bad method 'XYZ[R]' (unknown method 'XYZ'); grammar: {grammar()}"
+    with pytest.raises(UserError) as refused:
+        format_method(DefenseConfig(defense="hm", destination=None))
+    assert str(refused.value) == "HM needs a destination"
+
+
+def _est(seed: int):
+    cfg = DefenseConfig(defense="est", source="random", pgd_steps=2, precision="fp32")
+    return build_defense(cfg, generator=torch.Generator().manual_seed(seed))
+
+
+def test_est_jitter_comes_from_the_defense_generator_not_the_global_one():
+    clean = torch.zeros(4, 4000)
+
+    def shift(seed: int, global_seed: int) -> torch.Tensor:
+        defense = _est(seed)
+        torch.manual_seed(global_seed)
+        return defense.shift_objective(clean)(clean)
+
+    assert torch.equal(shift(5, global_seed=1), shift(5, global_seed=2))
+    assert not torch.equal(shift(5, global_seed=1), shift(6, global_seed=1))
+
+
+def test_est_reference_embedding_is_jittered_by_minus_one_zero_or_one_times_1e_7():
+    """docs/method.md#est: each coordinate of the reference moves by 1e-7 * {-1, 0, 1}, uniformly. Read off the
+    objective at clean embeddings of zero: -||1e-6 - 1e-7 j|| (1e-6 is the pair distance's eps), so the mean of
+    (10 - j)^2 over the coordinates is 100 - 20 E[j] + E[j^2] = 100 + 2/3 ({0, 1} would give 90.5, {-2..1} 111.5)."""
+    clean = torch.zeros(4, 4000)
+    distance = -_est(0).shift_objective(clean)(clean)
+    per_coordinate = (distance / 1e-7) ** 2 / clean.shape[1]
+    assert float(per_coordinate.mean()) == pytest.approx(100 + 2 / 3, abs=1.5)

@@ -1,9 +1,13 @@
-"""training.miners: what a caller reads when the batch is not SPC-2 shaped (a mutant emptied the message unseen)."""
+"""training.miners: the refusal of a batch that is not SPC-2 shaped, clamped distances, and the softhard rule at its
+edge (each a behaviour a sampled mutant of training/miners changed without a test noticing)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from training.miners import get_miner
 
@@ -13,3 +17,31 @@ def test_a_bad_batch_is_refused_with_its_shapes(rows, labels, shape):
     with pytest.raises(ValueError) as refused:
         get_miner("R")(torch.randn(rows, 4), torch.arange(labels))
     assert str(refused.value) == f"miner expects 2N embeddings with 2N labels, got {shape} and {labels} labels"
+
+
+def _near_duplicates() -> torch.Tensor:
+    """Four unit vectors and copies moved by 1e-7: Gram-form squared distances come out slightly negative."""
+    generator = torch.Generator().manual_seed(2)
+    e = F.normalize(torch.randn(4, 16, generator=generator), dim=1)
+    return F.normalize(torch.cat([e, e + 1e-7 * torch.randn(4, 16, generator=generator)]), dim=1)
+
+
+def test_intended_distances_are_clamped_and_reference_distances_keep_the_nan():
+    """docs/method.md#reference-quirks: the reference takes the sqrt of unclamped squared distances."""
+    embeddings, anchors = _near_duplicates(), torch.arange(0, 8, 2)
+    assert not get_miner("R").distances(embeddings, anchors).isnan().any()
+    assert get_miner("R", reference=True).distances(embeddings, anchors).isnan().any()
+
+
+def test_softhard_negative_farther_than_every_positive_is_not_hard():
+    """Anchor 0's positive is at 0.8; negatives at 0.85 and 1.5 are both beyond it, so neither is hard and the
+    negative falls back to any other-label image."""
+    def on_circle(chord: float) -> list[float]:
+        angle = 2 * math.asin(chord / 2)
+        return [math.cos(angle), math.sin(angle)]
+
+    embeddings = torch.tensor([on_circle(0.0), on_circle(0.8), on_circle(0.85), on_circle(-1.5)])
+    labels = torch.tensor([0, 0, 1, 1])
+    chosen = {get_miner("S", generator=torch.Generator().manual_seed(s))(embeddings, labels)[2][0].item()
+              for s in range(30)}
+    assert chosen == {2, 3}
