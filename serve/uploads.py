@@ -17,7 +17,11 @@ from serve.settings import Settings
 
 async def read_upload(upload: UploadFile, settings: Settings) -> bytes:
     """At most max_upload_bytes + 1 bytes are read, so an oversized part is refused without holding all of it."""
-    data = await upload.read(settings.max_upload_bytes + 1)
+    return within_upload_cap(await upload.read(settings.max_upload_bytes + 1), settings)
+
+
+def within_upload_cap(data: bytes, settings: Settings) -> bytes:
+    """`data`, or 413 image_too_large when it exceeds max_upload_bytes (a multipart part or a raw image body)."""
     if len(data) > settings.max_upload_bytes:
         raise ServiceError(413, "image_too_large", f"image larger than {settings.max_upload_bytes} bytes")
     return data

@@ -14,7 +14,7 @@ from serve.errors import ServiceError
 from serve.routes import errors, service
 from serve.schemas import BatchItem, BatchSearchResponse, SearchResponse
 from serve.settings import Settings
-from serve.uploads import read_upload
+from serve.uploads import read_upload, within_upload_cap
 
 router = APIRouter(tags=["search"])
 TOP_K_MAX = 100
@@ -71,10 +71,7 @@ async def search_batch(request: Request, images: Annotated[list[UploadFile], Fil
 async def _query(request: Request, settings: Settings, top_k: int) -> tuple[bytes, int]:
     """The image bytes and top_k of a /search body: raw `image/*`, or a form with `image` and `top_k`."""
     if request.headers.get("content-type", "").startswith("image/"):
-        image = await request.body()
-        if len(image) > settings.max_upload_bytes:
-            raise ServiceError(413, "image_too_large", f"image larger than {settings.max_upload_bytes} bytes")
-        return image, top_k
+        return within_upload_cap(await request.body(), settings), top_k
     async with request.form(max_files=1, max_fields=8) as form:
         upload = form.get("image")
         if not isinstance(upload, StarletteUpload):

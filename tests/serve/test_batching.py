@@ -112,3 +112,6 @@ def test_search_accepts_a_raw_image_body(client, artifacts):
     bad = client.post("/search", content=b"not an image", headers={"Content-Type": "image/png"})
     assert bad.status_code in (415, 422) and bad.json()["error"]["code"] in ("unsupported_image_format", "corrupt_image")
     assert bad.headers["X-Request-ID"]
+    cap = client.get("/info").json()["limits"]["max_upload_bytes"]
+    big = client.post("/search", content=image + bytes(cap + 1 - len(image)), headers={"Content-Type": "image/png"})
+    assert big.status_code == 413 and big.json()["error"]["code"] == "image_too_large"
