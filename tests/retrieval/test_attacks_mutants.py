@@ -72,14 +72,16 @@ def test_targets_are_drawn_from_the_callers_generator_and_seed_0_by_default():
 def test_a_two_item_gallery_still_has_a_neighbour_to_attack_with():
     """CA- draws among the top 1% non-self neighbours: at least one, at most all the others."""
     gallery = _gallery()[:2]
-    attacked = get_attack("CA-")(gallery, None, CFG)(nn.Flatten(), _images()[:1], gallery_index_of_self=torch.tensor([0]))
+    attack = get_attack("CA-")(gallery, None, CFG)
+    attacked = attack(nn.Flatten(), _images()[:1], gallery_index_of_self=torch.tensor([0]))
     assert attacked.targets.tolist() == [1]
 
 
 def test_an_image_outside_the_gallery_may_target_its_nearest_gallery_item():
     """A /probe upload is not in the gallery (-1): its nearest item is a neighbour, not its own entry."""
     images = _images()[:1]
-    gallery = F.normalize(torch.cat([images.flatten(1), torch.randn(3, 16, generator=torch.Generator().manual_seed(4))]))
+    others = torch.randn(3, 16, generator=torch.Generator().manual_seed(4))
+    gallery = F.normalize(torch.cat([images.flatten(1), others]))
     attack = get_attack("CA-")(gallery, None, CFG)
     assert attack(nn.Flatten(), images, gallery_index_of_self=torch.tensor([NOT_IN_GALLERY])).targets.tolist() == [0]
     assert attack(nn.Flatten(), images, gallery_index_of_self=torch.tensor([0])).targets.tolist() != [0]
@@ -101,11 +103,33 @@ def test_ltm_objective_is_farthest_other_class_minus_nearest_same_class():
         assert float(loss[i]) == pytest.approx(expected, abs=1e-6)
 
 
-def test_attack_budgets_refuse_negative_settings_and_name_the_reference_protocol():
+@pytest.mark.parametrize("negative", [{"steps": -1}, {"restarts": -1}, {"eps": -0.1}])
+def test_attack_budgets_refuse_each_negative_setting_as_a_user_error(negative):
     with pytest.raises(UserError) as refused:
-        attack_config("rob28", steps=-1)
+        attack_config("rob28", **negative)
     assert str(refused.value) == "steps, restarts and eps must be >= 0"
+
+
+def test_attack_budgets_name_the_reference_protocol():
     reference = attack_config("rob28", reference_quirks=True)
     assert protocol("rob28", reference, True) == (
         "rob28 eps 77/255, alpha 3/255, 32 steps x 1 start(s), reference protocol "
         "(last iterate, reference GTM target, LTM self entry, ES:D one step early)")
+
+
+class FlatReport(Attack):
+    """Reports the same value for every iterate; J is the first coordinate of the unit embedding."""
+
+    name, reports, attacker_goal = "flat", ("V",), 1
+
+    def score(self, embeddings, batch, plan):
+        return embeddings[:, 0], {"V": torch.zeros(len(embeddings))}
+
+
+def test_best_iterate_breaks_a_tie_in_the_reported_value_by_the_lower_objective():
+    images = _images()
+    cfg = PGDConfig(eps=0.1, alpha=0.05, steps=3, keep_best=True)
+    attacked = FlatReport(_gallery(), None, cfg)(nn.Flatten(), images)
+    objective = F.normalize(attacked.x.flatten(1), dim=1)[:, 0]
+    clean = F.normalize(images.flatten(1), dim=1)[:, 0]
+    assert bool((objective < clean).all())  # the clean start is the worst iterate by J, never the one kept

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from retrieval.pgd import PGDConfig, pgd, uniform_noise
+from retrieval.pgd import PGDConfig, bf16_is_fast, pgd, uniform_noise
 
 
 def _images(k: int = 3, seed: int = 0) -> torch.Tensor:
@@ -93,3 +93,10 @@ def test_an_unknown_precision_is_refused_by_name():
     with pytest.raises(ValueError) as refused:
         PGDConfig(eps=0.1, alpha=0.01, steps=1, precision="fp16")
     assert str(refused.value) == "precision must be 'fp32' or 'bf16', not 'fp16'"
+
+
+def test_on_cuda_bf16_is_fast_exactly_when_the_gpu_supports_it(monkeypatch):
+    """Asks the GPU, not the CPU's oneDNN check (the device is only named here: no GPU needed)."""
+    for supported in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert bf16_is_fast(torch.device("cuda")) is supported

@@ -4,8 +4,14 @@ training/defenses changed without a test noticing)."""
 
 from __future__ import annotations
 
+import socket
+import time
+from pathlib import Path
+
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import nn
 
 from retrieval.distances import normalize
@@ -95,6 +101,10 @@ def test_unknown_methods_and_hm_without_destination_are_user_errors():
         parse_method("XYZ[R]")
     assert str(refused.value) == f"bad method 'XYZ[R]' (unknown method 'XYZ'); grammar: {grammar()}"
     with pytest.raises(UserError) as refused:
+        parse_method("ACT[R]&ICS")
+    assert str(refused.value) == (f"bad method 'ACT[R]&ICS' (ICS needs an adversarial anchor, i.e. HM); "
+                                  f"grammar: {grammar()}")
+    with pytest.raises(UserError) as refused:
         format_method(DefenseConfig(defense="hm", destination=None))
     assert str(refused.value) == "HM needs a destination"
 
@@ -124,3 +134,45 @@ def test_est_reference_embedding_is_jittered_by_minus_one_zero_or_one_times_1e_7
     distance = -_est(0).shift_objective(clean)(clean)
     per_coordinate = (distance / 1e-7) ** 2 / clean.shape[1]
     assert float(per_coordinate.mean()) == pytest.approx(100 + 2 / 3, abs=1.5)
+
+
+class GatedTiny(Tiny):
+    """Blank images embed to 0 with a zero input gradient, so PGD cannot move them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        return normalize(self.fc(flat) * (flat.sum(dim=1, keepdim=True) > 0))
+
+
+def test_est_counts_a_triplet_as_perturbed_when_any_of_its_images_moved():
+    """Only the first positive can move: triplet 0 always has it (as positive), so at least half the triplets count."""
+    torch.manual_seed(0)
+    images = torch.zeros(4, 1, 28, 28)
+    images[1] = torch.rand(1, 28, 28)
+    _, stats = _est(0)(GatedTiny(), images, torch.tensor([0, 0, 1, 1]))
+    assert stats["perturbed_fraction"] >= 0.5
+
+
+def _lga_rank(rank: int, port: int, out: Path, reference: bool) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        destination = build_destination("lga", margin=0.2, u=0.2, xi=0.1, reference=reference)
+        destination.update([0.1, 0.3][rank])
+        (out / f"rank{rank}").write_text(repr(destination.previous))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(("reference", "expected"), [(False, [0.2, 0.2]), (True, [0.1, 0.3])])
+def test_lga_previous_loss_is_the_mean_over_two_processes(tmp_path, reference, expected):
+    """Two gloo processes with adversarial losses 0.1 and 0.3: the intended LGA moves both by their mean (not the
+    sum), the reference keeps each process's own."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = mp.start_processes(_lga_rank, args=(port, tmp_path, reference), nprocs=2, join=False,
+                                 start_method="fork")
+    deadline = time.monotonic() + 60
+    while not context.join(timeout=1):
+        assert time.monotonic() < deadline, "the two LGA processes did not finish within 60 s"
+    assert [float((tmp_path / f"rank{r}").read_text()) for r in (0, 1)] == pytest.approx(expected)

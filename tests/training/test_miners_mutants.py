@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from retrieval.errors import UserError
 from training.miners import get_miner
 
 
@@ -45,3 +46,10 @@ def test_softhard_negative_farther_than_every_positive_is_not_hard():
     chosen = {get_miner("S", generator=torch.Generator().manual_seed(s))(embeddings, labels)[2][0].item()
               for s in range(30)}
     assert chosen == {2, 3}
+
+
+def test_an_unknown_miner_is_refused_listing_letters_and_names():
+    with pytest.raises(UserError) as refused:
+        get_miner("Q")
+    assert str(refused.value) == ("unknown miner 'Q'; choose one of: "
+                                  "R/random, M/semihard, S/softhard, D/distance, H/hardest")
