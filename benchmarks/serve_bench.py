@@ -3,15 +3,18 @@
 floor    decode + onnxruntime embed + FAISS search of one 28x28 PNG in this process: median wall and CPU ms
 HTTP     POST /search (28x28 PNG, top_k 10) through `robust-retrieval serve` (uvicorn, default log level) against
          the 10k Fashion-MNIST gallery, driven by `wrk` (Debian package; one C thread, a fixed body file) at
-         concurrency 1, 8 and 32: the server's CPU ms per request (/proc/PID/stat over the run), p50, p99, req/s
+         concurrency 1, 8 and 32: the server's CPU ms per request (/proc/PID/stat over the run), p50, p99, req/s;
+         each level is run --repeats times and the run with the median CPU per request is reported
 profile  with --profile: py-spy samples the server under load (c=8); its CPU time is split into the floor's calls
          and the rest, and the five largest costs above the floor are listed in ms per request
 probe    POST /probe, GTT with 32 steps (p50)
 
 Targets: server CPU per request <= 1.5 x floor CPU + 0.3 ms; p99 at c=32 <= 10 x p50 at c=1; probe p50 <= 1 s.
-Run it pinned to one core (`taskset -c 0 python benchmarks/serve_bench.py`): server, wrk and py-spy then share that
-core, so latency and req/s are those of one core, while CPU per request is what the server alone spent.
-Usage: python benchmarks/serve_bench.py [--seconds 10] [--bodies multipart,raw] [--profile]
+Cores: with two or more available, the server (and the floor) get the first core to themselves and wrk and py-spy run
+on the others, so CPU per request is the server's own work, not the cache and scheduling cost of sharing a core with
+its client; latency and req/s are those of a one-core server. With one core (or --shared-core) all share it.
+Usage: python benchmarks/serve_bench.py [--seconds 10] [--bodies multipart,raw] [--profile] [--shared-core]
+                                       [--baseline CHECKOUT_OF_ANOTHER_REVISION]
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
+import os
 import re
 import shutil
 import statistics
@@ -35,7 +40,6 @@ from rich.table import Table
 from serve_harness import API_KEY, ROOT, closed_loop, cpu_seconds, fashion_10k, png, served, timed_post
 
 from retrieval.atomic import atomic_write_json
-from retrieval.threads import available_cores
 from serve.engine import load_engine
 from serve.settings import Settings
 from serve.uploads import decode
@@ -122,6 +126,30 @@ def wrk(url: str, body: Path, content_type: str, concurrency: int, seconds: floa
     }
 
 
+def measure(servers: dict, runs: dict, levels: list[str], repeats: int, seconds: float) -> dict:
+    """{server: {body: {level: median run}}}; at each level the servers take turns, so a drift of the machine's speed
+    hits all of them alike."""
+    http = {name: {kind: {} for kind in runs} for name in servers}
+    for kind, (path, content_type) in runs.items():
+        for c in levels:
+            measured = {name: [] for name in servers}
+            for _ in range(repeats):
+                for name, (url, proc) in servers.items():
+                    if measured[name] and measured[name][0]["non_2xx"] == measured[name][0]["requests"]:
+                        continue  # a body this revision refuses (a baseline may predate raw bodies)
+                    measured[name].append(wrk(url, path, content_type, int(c), seconds, proc.pid))
+            for name in servers:
+                http[name][kind][c] = median_run(measured[name])
+    return http
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median server CPU per request (a shared machine's speed drifts by 20% between runs), with
+    every run's CPU figure kept beside it."""
+    ordered = sorted(runs, key=lambda r: r["server_cpu_ms_per_request"])
+    return ordered[(len(ordered) - 1) // 2] | {"cpu_ms_per_request_runs": [r["server_cpu_ms_per_request"] for r in runs]}
+
+
 def _duration_ms(text: str) -> float:
     value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
     return round(float(value) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit], 3)
@@ -170,74 +198,110 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10, help="wrk duration per concurrency level")
     parser.add_argument("--concurrency", default="1,8,32", help="wrk connections, one run each")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs per level; the one with the median server CPU per request is kept")
     parser.add_argument("--bodies", default="multipart,raw", help="request bodies to run: multipart, raw")
     parser.add_argument("--profile", action="store_true", help="also profile the server with py-spy")
     parser.add_argument("--profile-out", type=Path, default=ROOT / "benchmarks" / "out" / "serve_profile.txt",
                         help="py-spy's collapsed stacks (input for a flame graph)")
     parser.add_argument("--probes", type=int, default=5)
+    parser.add_argument("--shared-core", action="store_true", help="server, wrk and py-spy on one core")
+    parser.add_argument("--baseline", type=Path, help="a checkout of another revision (git worktree add DIR REV): "
+                                                       "its service is measured too, taking turns with this one")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_bench.json")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("error: wrk is not installed (apt-get install wrk)")
     args.profile_out.parent.mkdir(parents=True, exist_ok=True)
+    cores = sorted(os.sched_getaffinity(0))
+    server_cores = set(cores[:1])
+    client_cores = server_cores if args.shared_core or len(cores) == 1 else set(cores[1:])
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         art = fashion_10k(workdir)
         image = png(art.queries[0])
+        os.sched_setaffinity(0, server_cores)
         floor_wall, floor_cpu = floor_ms(art, image, 2000)
+        os.sched_setaffinity(0, client_cores)  # wrk and py-spy inherit it
         files = {"image": ("q.png", image, "image/png")}
 
         async def probe(client, record, i):
             await timed_post(client, record, "/probe", files=files, data={"attack": "GTT", "steps": "32"},
                              headers={"X-API-Key": API_KEY})
 
-        with served(art, log_level="info", log_file=workdir / "server.log") as (url, proc):
+        roots = {"this": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
+        with contextlib.ExitStack() as stack:
+            servers = {name: stack.enter_context(served(art, log_level="info", log_file=workdir / f"{name}.log",
+                                                        cpus=server_cores, root=root))
+                       for name, root in roots.items()}
             runs = bodies(image, workdir, args.bodies.split(","))
-            for path, content_type in runs.values():
-                wrk(url, path, content_type, 8, 2, proc.pid)  # warm connections, threads and caches
-            http = {kind: {c: wrk(url, path, content_type, int(c), args.seconds, proc.pid)
-                          for c in args.concurrency.split(",")}
-                    for kind, (path, content_type) in runs.items()}
+            for url, proc in servers.values():
+                for path, content_type in runs.values():
+                    wrk(url, path, content_type, 8, 2, proc.pid)  # warm connections, threads and caches
+            http = measure(servers, runs, args.concurrency.split(","), args.repeats, args.seconds)
             first = next(iter(runs.values()))
-            profiled = profile(url, *first, args.seconds + 4, proc.pid, args.profile_out) if args.profile else None
+            profiled = {name: profile(url, *first, args.seconds + 4, proc.pid,
+                                      args.profile_out.with_stem(f"{args.profile_out.stem}_{name}")
+                                      if name != "this" else args.profile_out)
+                        for name, (url, proc) in servers.items()} if args.profile else {}
+            url = servers["this"][0]
             probes = asyncio.run(closed_loop(url, 1, requests=args.probes, make_request=probe)).summary()
-        again_wall, again_cpu = floor_ms(art, image, 2000)  # the shared core's load drifts: keep the lower
+        os.sched_setaffinity(0, server_cores)
+        again_wall, again_cpu = floor_ms(art, image, 2000)  # the machine's load drifts: keep the lower
         floor_wall, floor_cpu = min(floor_wall, again_wall), min(floor_cpu, again_cpu)
-    report(floor_wall, floor_cpu, http, profiled, probes, args.out)
+    placement = {"server_cores": sorted(server_cores), "client_cores": sorted(client_cores)}
+    baseline = {"root": str(roots["baseline"]), "revision": _revision(roots["baseline"]),
+                "search": http["baseline"], "profile": profiled.get("baseline")} if args.baseline else None
+    report(floor_wall, floor_cpu, http["this"], profiled.get("this"), probes, placement, baseline, args.out)
 
 
-def report(floor_wall: float, floor_cpu: float, http: dict, profiled: dict | None, probes: dict, out: Path) -> None:
+def _revision(root: Path) -> str | None:
+    done = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or None
+
+
+def report(floor_wall: float, floor_cpu: float, http: dict, profiled: dict | None, probes: dict, placement: dict,
+           baseline: dict | None, out: Path) -> None:
     cpu_target = 1.5 * floor_cpu + 0.3
     targets = {}
-    table = Table(title=f"serve_bench: floor {floor_wall:.3f} ms wall, {floor_cpu:.3f} ms CPU; "
-                        f"{available_cores()} core(s) for server and wrk together")
-    for column in ("body", "concurrency", "requests", "server CPU ms/req", "p50 ms", "p99 ms", "req/s", "non-2xx", "5xx"):
+    shared = placement["server_cores"] == placement["client_cores"]
+    table = Table(title=f"serve_bench: floor {floor_wall:.3f} ms wall, {floor_cpu:.3f} ms CPU; server on core(s) "
+                        f"{placement['server_cores']}, wrk on {'the same' if shared else placement['client_cores']}")
+    for column in ("server", "body", "concurrency", "requests", "server CPU ms/req", "x floor", "p50 ms", "p99 ms",
+                   "req/s", "non-2xx", "5xx"):
         table.add_column(column)
-    for kind, levels in http.items():
-        for c, r in levels.items():
-            table.add_row(kind, c, str(r["requests"]), f"{r['server_cpu_ms_per_request']:.3f}", f"{r['p50_ms']:.2f}",
-                          f"{r['p99_ms']:.2f}", f"{r['throughput_rps']:.0f}", str(r["non_2xx"]), str(r["server_errors"]))
+    measured = {"this": http} | ({f"baseline {baseline['revision']}": baseline["search"]} if baseline else {})
+    for name, results in measured.items():
+        for kind, levels in results.items():
+            for c, r in levels.items():
+                cpu = r["server_cpu_ms_per_request"]
+                table.add_row(name, kind, c, str(r["requests"]), f"{cpu:.3f}", f"{cpu / floor_cpu:.2f}",
+                              f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['throughput_rps']:.0f}",
+                              str(r["non_2xx"]), str(r["server_errors"]))
+    for kind, levels in http.items():  # the targets are this revision's
         worst_cpu = max(r["server_cpu_ms_per_request"] for r in levels.values())
         targets[f"{kind}: server CPU/request <= 1.5 x floor CPU + 0.3 ms ({cpu_target:.3f})"] = worst_cpu <= cpu_target
         if "1" in levels and "32" in levels:
             targets[f"{kind}: p99 c=32 <= 10 x p50 c=1"] = levels["32"]["p99_ms"] <= 10 * levels["1"]["p50_ms"]
     targets["probe p50 <= 1000 ms"] = probes["p50_ms"] <= 1000
-    console = Console()
+    console = Console(width=150)
     console.print(table)
     console.print(f"/probe GTT 32 steps: p50 {probes['p50_ms']:.0f} ms, p99 {probes['p99_ms']:.0f} ms")
-    if profiled:
-        profiled["excess_ms_per_request"] = excess = round(max(0.0, profiled["cpu_ms_per_request"] - floor_cpu), 3)
-        for cost in profiled["top_above_floor"]:
-            cost["ms_per_request"] = round(cost["share"] * excess, 3)
-        console.print(f"profile at c={profiled['concurrency']}: {profiled['cpu_ms_per_request']:.3f} ms CPU/request, "
-                      f"{profiled['excess_ms_per_request']:.3f} above the floor; its top costs (innermost frame):")
-        for cost in profiled["top_above_floor"]:
-            console.print(f"  {cost['ms_per_request']:.3f} ms  {cost['share']:5.1%}  {cost['where']}")
+    for name, found in (("this", profiled), ("baseline", baseline and baseline["profile"])):
+        if found:
+            found["excess_ms_per_request"] = excess = round(max(0.0, found["cpu_ms_per_request"] - floor_cpu), 3)
+            for cost in found["top_above_floor"]:
+                cost["ms_per_request"] = round(cost["share"] * excess, 3)
+            console.print(f"{name}: profile at c={found['concurrency']}: {found['cpu_ms_per_request']:.3f} ms "
+                          f"CPU/request, {excess:.3f} above the floor; its top costs (innermost frame):")
+            for cost in found["top_above_floor"]:
+                console.print(f"  {cost['ms_per_request']:.3f} ms  {cost['share']:5.1%}  {cost['where']}")
     for target, ok in targets.items():
         console.print(f"{'PASS' if ok else 'MISS'}  {target}")
     atomic_write_json(out, {"floor_ms": round(floor_wall, 3), "floor_cpu_ms": round(floor_cpu, 3),
-                            "cores": available_cores(), "gallery": 10000, "load_generator": "wrk",
-                            "search": http, "profile": profiled, "probe_gtt_32": probes, "targets": targets})
+                            **placement, "gallery": 10000, "load_generator": "wrk",
+                            "search": http, "profile": profiled, "probe_gtt_32": probes, "targets": targets,
+                            "baseline": baseline})
 
 
 if __name__ == "__main__":

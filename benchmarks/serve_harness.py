@@ -19,6 +19,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "bench-key"
+KEEPALIVE_EXPIRY_S = 4.0
+"""Below the service's idle keep-alive (5 s): httpx's default, equal to it, loses a request now and then to the race
+between the server closing an idle connection and the client reusing it (README, "Limits under hostile clients")."""
 sys.path.insert(0, str(ROOT / "tests" / "serve"))
 from serve_artifacts import Artifacts, build_artifacts, write_index  # noqa: E402  (the tests' artifact builder)
 from serve_helpers import png  # noqa: E402
@@ -64,15 +67,19 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def served(art: Artifacts, *extra: str, log_level: str = "warning",
-           log_file: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """The real command line, probes on, until ready (its log to `log_file` if given); stopped (SIGTERM) afterwards."""
+def served(art: Artifacts, *extra: str, log_level: str = "warning", log_file: Path | None = None,
+           cpus: set[int] | None = None, root: Path = ROOT) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The real command line, probes on, until ready (its log to `log_file` if given); stopped (SIGTERM) afterwards.
+    With `cpus`, the server runs on those cores only (set before it starts any thread, so all of them inherit it);
+    with `root`, the service is the code of that checkout (another revision, for a before/after comparison)."""
     port = free_port()
     env = os.environ | {"RR_API_KEY": API_KEY, "RR_LOG_LEVEL": log_level}
     cmd = [sys.executable, "-c", "from serve.cli import main; main()", "serve", str(art.index), "--bundle",
            str(art.bundle), "--port", str(port), "--enable-probe", *extra]
     log = open(log_file, "ab") if log_file else None
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=log)
+    proc = subprocess.Popen(cmd, env=env, cwd=root, stderr=log)
+    if cpus:
+        os.sched_setaffinity(proc.pid, cpus)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc, 120)
@@ -88,31 +95,41 @@ def served(art: Artifacts, *extra: str, log_level: str = "warning",
 class Record:
     latencies: list[float] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
-    def summary(self) -> dict:
-        ms = sorted(x * 1000 for x in self.latencies)
+    def summary(self, path: str | None = None) -> dict:
+        """Latency percentiles, req/s and 5xx count, of all requests or of those to `path`."""
+        kept = [i for i, p in enumerate(self.paths) if path in (None, p)]
+        ms = sorted(self.latencies[i] * 1000 for i in kept)
         return {
             "requests": len(ms),
             "p50_ms": round(statistics.median(ms), 3) if ms else None,
             "p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 3) if ms else None,
             "throughput_rps": round(len(ms) / self.seconds, 1) if self.seconds else None,
-            "server_errors": sum(s >= 500 for s in self.statuses),
+            "server_errors": sum(self.statuses[i] >= 500 for i in kept),
+            "transport_errors": sum(self.statuses[i] == 0 for i in kept),
         }
 
 
 async def timed_post(client: httpx.AsyncClient, record: Record, path: str, **kwargs) -> None:
+    """One request's latency and status; a connection that fails before an answer is recorded as status 0."""
     start = time.perf_counter()
-    response = await client.post(path, **kwargs)
+    try:
+        status = (await client.post(path, **kwargs)).status_code
+    except httpx.TransportError:
+        status = 0
     record.latencies.append(time.perf_counter() - start)
-    record.statuses.append(response.status_code)
+    record.statuses.append(status)
+    record.paths.append(path)
 
 
 async def closed_loop(url: str, concurrency: int, *, requests: int | None = None, seconds: float | None = None,
                       make_request=None) -> Record:
     """`concurrency` clients each sending the next request as soon as the last answered."""
     record, start = Record(), time.perf_counter()
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency,
+                          keepalive_expiry=KEEPALIVE_EXPIRY_S)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         counter = iter(range(requests if requests is not None else 10**12))
 
