@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 import uvicorn
@@ -29,6 +31,8 @@ from serve.settings import Settings
 
 log = logging.getLogger("serve.server")
 LINGER_S = 2.0
+HEALTH_POLL_S = 0.1
+"""How often the supervisor, waiting for a worker's health answer, checks that the worker is still alive."""
 
 
 def _json_response(status: int, reason: str, code: str, message: str) -> bytes:
@@ -139,14 +143,15 @@ def uvicorn_config(app, settings: Settings, **overrides) -> ServerConfig:
 class LoggingSupervisor(Multiprocess):
     """uvicorn's multi-worker supervisor, saying why it replaces a worker (uvicorn only logs that it 'died').
 
-    The loop is uvicorn 0.55's `keep_subprocess_alive` with the reason added."""
+    The loop is uvicorn 0.55's `keep_subprocess_alive` with the reason added and a health check (`_answers`) that
+    notices a worker dying while the supervisor waits for its answer."""
 
     def keep_subprocess_alive(self) -> None:
         timeout = self.config.timeout_worker_healthcheck
         for idx, process in enumerate(self.processes):
             if self.should_exit.is_set():
                 return
-            if process.is_alive(timeout=timeout):
+            if _answers(process, timeout):
                 continue
             code = process.process.exitcode
             process.kill()
@@ -165,6 +170,26 @@ class LoggingSupervisor(Multiprocess):
             replacement = Process(self.config, self.sockets)
             replacement.start()
             self.processes[idx] = replacement
+
+
+def _answers(process: Process, timeout: float) -> bool:
+    """Whether a live worker answers the supervisor's health ping within `timeout`. uvicorn waits out the whole
+    timeout on the pipe, so a worker killed between ping and answer was replaced only RR_WORKER_START_TIMEOUT_S
+    later; polling in short slices notices the death at once."""
+    if not process.process.is_alive():
+        return False
+    deadline = time.monotonic() + timeout
+    try:
+        process.parent_conn.send(b"ping")
+        while time.monotonic() < deadline:
+            if process.parent_conn.poll(HEALTH_POLL_S):
+                process.parent_conn.recv()
+                return True
+            if not process.process.is_alive():
+                return False
+    except (OSError, EOFError, pickle.UnpicklingError):
+        return False
+    return False
 
 
 def create_app_from_env():

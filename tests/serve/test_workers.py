@@ -1,20 +1,24 @@
 """`robust-retrieval serve --workers 2` as a real subprocess: it becomes ready while other processes keep the CPU busy,
 a reload reaches every worker before it answers, a killed worker is logged with the reason and its replacement
-starts on the reloaded index."""
+starts on the reloaded index; and the supervisor's health check, which must notice a worker that dies mid-check."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 
+from serve.server import _answers
 from serve_helpers import ADMIN_KEY, png
 from test_reload import second_index  # noqa: F401  (fixture: a second gallery inside the index root)
 
@@ -105,3 +109,28 @@ def _info(url: str) -> dict:
     response = httpx.get(f"{url}/info", timeout=10)
     response.raise_for_status()
     return response.json()
+
+
+def _worker(conn, answer: bool) -> None:
+    """A stand-in for a uvicorn worker's health thread: answers the first ping, or dies without answering."""
+    conn.recv()
+    if answer:
+        conn.send(True)
+        time.sleep(60)
+    os._exit(3)
+
+
+@pytest.mark.parametrize("answer", [True, False], ids=["answers", "dies-mid-check"])
+def test_the_health_check_sees_an_answer_or_a_death_without_waiting_out_its_timeout(answer):
+    parent, child = multiprocessing.Pipe()  # the supervisor keeps `child` open too, as uvicorn's does: no EOF
+    process = multiprocessing.Process(target=_worker, args=(child, answer), daemon=True)
+    process.start()
+    worker, result = SimpleNamespace(process=process, parent_conn=parent), []
+    checker = threading.Thread(target=lambda: result.append(_answers(worker, timeout=3600)), daemon=True)
+    try:
+        checker.start()
+        checker.join(60)  # deadline: a check that waits for the timeout would block for an hour
+        assert result == [answer]
+    finally:
+        process.kill()
+        process.join(10)
