@@ -21,7 +21,6 @@ from serve_harness import API_KEY, ROOT, artifacts, closed_loop, png, served, ti
 from retrieval.atomic import atomic_write_json
 
 
-
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -77,9 +76,10 @@ def main() -> None:
         "status_counts": {str(s): record.statuses.count(s) for s in sorted(set(record.statuses))},
         "rss_first_mb": round(first / 2**20, 1), "rss_last_mb": round(last / 2**20, 1),
         "rss_growth": round(last / first - 1, 4),
-        "by_path": {path: record.summary(path) for path in ("/search", "/probe")},  # 1 in 50 is a slow /probe
+        "by_path": {path: record.summary(path) for path in ("/search", "/probe")},  # a probe's tail is not a search's
     }
-    summary["pass"] = summary["server_errors"] == 0 and summary["transport_errors"] == 0 and summary["rss_growth"] < 0.10
+    summary["pass"] = (summary["server_errors"] == 0 and summary["transport_errors"] == 0
+                       and summary["rss_growth"] < 0.10)
     print(json.dumps(summary, indent=2))
     atomic_write_json(args.out, summary)
 
