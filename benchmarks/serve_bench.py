@@ -144,11 +144,11 @@ def measure(servers: dict, runs: dict, levels: list[str], repeats: int, seconds:
 
 
 def median_run(runs: list[dict]) -> dict:
-    """The run with the median server CPU per request (a shared machine's speed drifts by 20% between runs), with
+    """The run with the median server CPU per request (this machine's speed drifts by up to 25% between runs), with
     every run's CPU figure kept beside it."""
     cpu = [r["server_cpu_ms_per_request"] for r in runs]
-    return sorted(runs, key=lambda r: r["server_cpu_ms_per_request"])[(len(runs) - 1) // 2] | {
-        "cpu_ms_per_request_runs": cpu}
+    median = sorted(range(len(runs)), key=cpu.__getitem__)[(len(runs) - 1) // 2]
+    return runs[median] | {"cpu_ms_per_request_runs": cpu}
 
 
 def _duration_ms(text: str) -> float:
@@ -241,9 +241,9 @@ def main() -> None:
                     wrk(url, path, content_type, 8, 2, proc.pid)  # warm connections, threads and caches
             http = measure(servers, runs, args.concurrency.split(","), args.repeats, args.seconds)
             first = next(iter(runs.values()))
-            profiled = {name: profile(url, *first, args.seconds + 4, proc.pid,
-                                      args.profile_out.with_stem(f"{args.profile_out.stem}_{name}")
-                                      if name != "this" else args.profile_out)
+            stacks = {name: args.profile_out.with_stem(f"{args.profile_out.stem}_{name}") for name in servers}
+            stacks["this"] = args.profile_out
+            profiled = {name: profile(url, *first, args.seconds + 4, proc.pid, stacks[name])
                         for name, (url, proc) in servers.items()} if args.profile else {}
             url = servers["this"][0]
             probes = asyncio.run(closed_loop(url, 1, requests=args.probes, make_request=probe)).summary()
