@@ -61,13 +61,14 @@ def embed_dataset(
     progress: Progress | None = None,
     thumbnails: bool = False,
 ) -> GalleryItems:
-    """Embed a whole split; labels come from the dataset, sources from dataset.source(i)."""
+    """Embed a whole split; labels and their names come from the dataset, sources from dataset.source(i)."""
     images = dataset.tensors()
     labels = dataset.labels.tolist()
+    names = [dataset.class_name(label) for label in labels]
     if images is None:  # file-backed: go through the same checked path as --images
         sources = [dataset.source(i) for i in range(len(dataset))]
-        return embed_files(sources, embedder, labels=labels, strict=strict, known_sha256=known_sha256,
-                           progress=progress, thumbnails=thumbnails)
+        return embed_files(sources, embedder, labels=labels, class_names=names, strict=strict,
+                           known_sha256=known_sha256, progress=progress, thumbnails=thumbnails)
     pixels = images.mul(255).round_().to(torch.uint8)
     hashes = [sha256_bytes(p.numpy().tobytes()) for p in pixels]
     keep = [i for i, h in enumerate(hashes) if h not in known_sha256]
@@ -75,7 +76,8 @@ def embed_dataset(
         progress(len(dataset) - len(keep))
     step = embedder.batch_size
     vectors = _embed_batches(embedder, (images[keep[s : s + step]] for s in range(0, len(keep), step)), progress)
-    metadata = metadata_table([dataset.source(i) for i in keep], [hashes[i] for i in keep], [labels[i] for i in keep])
+    metadata = metadata_table([dataset.source(i) for i in keep], [hashes[i] for i in keep], [labels[i] for i in keep],
+                              [names[i] for i in keep])
     previews = [encode_pixels(pixels[i].numpy()) for i in keep] if thumbnails else None
     return GalleryItems(vectors, metadata, already_indexed=len(dataset) - len(keep), thumbnails=previews)
 
@@ -85,17 +87,19 @@ def embed_files(
     embedder: OnnxEmbedder,
     *,
     labels: Sequence[int] | None = None,
+    class_names: Sequence[str | None] | None = None,
     strict: bool = False,
     known_sha256: frozenset[str] = frozenset(),
     progress: Progress | None = None,
     workers: int = 4,
     thumbnails: bool = False,
 ) -> GalleryItems:
-    """Read, hash and decode files in parallel batches; unreadable ones are skipped with a reason (fatal if strict)."""
+    """Read, hash and decode files in parallel batches; unreadable ones are skipped with a reason (fatal if strict).
+    `labels` and `class_names`, where given, have one entry per path."""
     channels, size = embedder.input_shape[0], embedder.input_shape[1]
     skipped: list[Skipped] = []
     already_indexed = 0
-    kept_sources, kept_hashes, kept_labels, kept_previews = [], [], [], []
+    kept_sources, kept_hashes, kept_labels, kept_names, kept_previews = [], [], [], [], []
     chunks = [np.empty((0, embedder.dim), np.float32)]
 
     def load(path: str | Path) -> tuple[str, torch.Tensor | None, bytes, str]:
@@ -128,12 +132,13 @@ def embed_files(
                     kept_sources.append(str(path))
                     kept_hashes.append(digest)
                     kept_labels.append(None if labels is None else labels[start + offset])
+                    kept_names.append(None if class_names is None else class_names[start + offset])
                     kept_previews.append(preview)
             if tensors:
                 chunks.append(embedder.embed(torch.stack(tensors)))
             if progress:
                 progress(len(batch))
-    metadata = metadata_table(kept_sources, kept_hashes, kept_labels)
+    metadata = metadata_table(kept_sources, kept_hashes, kept_labels, kept_names)
     return GalleryItems(np.concatenate(chunks), metadata, skipped, already_indexed,
                         kept_previews if thumbnails else None)
 

@@ -60,8 +60,11 @@ INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.parquet"
 INFO_FILE = "index_info.json"
 METADATA_SCHEMA = pa.schema(
-    [("id", pa.int64()), ("label", pa.int64()), ("source", pa.string()), ("sha256", pa.string())]
+    [("id", pa.int64()), ("label", pa.int64()), ("source", pa.string()), ("sha256", pa.string()),
+     ("class_name", pa.string())]
 )
+OPTIONAL_COLUMNS = ("class_name",)
+"""Columns an index built before they existed lacks; loading fills them with nulls."""
 
 
 def available_memory() -> int:
@@ -90,14 +93,21 @@ def choose_index_type(n: int, dim: int, memory: int | None = None) -> str:
     return "hnsw" if n <= HNSW_MAX_ITEMS and memory_estimate("hnsw", n, dim) <= budget else "ivf-pq"
 
 
-def metadata_table(source: Sequence[str], sha256: Sequence[str], label: Sequence[int | None] | None = None) -> pa.Table:
+def metadata_table(
+    source: Sequence[str],
+    sha256: Sequence[str],
+    label: Sequence[int | None] | None = None,
+    class_name: Sequence[str | None] | None = None,
+) -> pa.Table:
     """Per-item metadata in the index's column layout (ids are assigned when the items are added)."""
     label = [None] * len(source) if label is None else list(label)
-    if not len(source) == len(sha256) == len(label):
-        raise ValueError("source, sha256 and label must have one entry per item")
+    class_name = [None] * len(source) if class_name is None else list(class_name)
+    if not len(source) == len(sha256) == len(label) == len(class_name):
+        raise ValueError("source, sha256, label and class_name must have one entry per item")
     return pa.table(
         {"id": pa.array([0] * len(source), pa.int64()), "label": pa.array(label, pa.int64()),
-         "source": pa.array(list(source), pa.string()), "sha256": pa.array(list(sha256), pa.string())},
+         "source": pa.array(list(source), pa.string()), "sha256": pa.array(list(sha256), pa.string()),
+         "class_name": pa.array(class_name, pa.string())},
         schema=METADATA_SCHEMA,
     )
 
@@ -260,7 +270,7 @@ class GalleryIndex:
         info = read_json(generation / INFO_FILE, "index")
         try:
             index = faiss.read_index(str(generation / INDEX_FILE))
-            metadata = pq.read_table(generation / METADATA_FILE, columns=METADATA_SCHEMA.names).cast(METADATA_SCHEMA)
+            metadata = _read_metadata(generation / METADATA_FILE)
         except (RuntimeError, OSError, ValueError, pa.ArrowException) as exc:  # only the schema's columns reach clients
             raise UserError(f"index {generation} is unreadable: {exc}") from None
         if index.ntotal != metadata.num_rows or index.ntotal != info.get("count"):
@@ -345,6 +355,16 @@ def _prepare(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
         raise UserError("vectors contain NaN or infinity")
     faiss.normalize_L2(vectors)
     return vectors
+
+
+def _read_metadata(path: Path) -> pa.Table:
+    """The schema's columns (only those reach clients), with nulls for optional ones an older index lacks."""
+    present = set(pq.read_schema(path).names)
+    table = pq.read_table(path, columns=[c for c in METADATA_SCHEMA.names if c in present or c not in OPTIONAL_COLUMNS])
+    for name in OPTIONAL_COLUMNS:
+        if name not in present:
+            table = table.append_column(name, pa.nulls(table.num_rows, METADATA_SCHEMA.field(name).type))
+    return table.select(METADATA_SCHEMA.names).cast(METADATA_SCHEMA)
 
 
 def _check_rows(metadata: pa.Table, n: int, thumbnails: Sequence[bytes] | None = None) -> None:

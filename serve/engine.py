@@ -54,7 +54,8 @@ class Engine:
         hits = []
         ids = [i for i in ids.tolist() if i >= 0]
         for rank, (score, row) in enumerate(zip(scores.tolist(), self.index.rows(ids)), start=1):
-            hits.append(SearchHit(id=row.pop("id"), rank=rank, score=score, label=row.pop("label"), metadata=row))
+            hits.append(SearchHit(id=row.pop("id"), rank=rank, score=score, label=row.pop("label"),
+                                  class_name=row.pop("class_name"), metadata=row))
         return hits
 
     def with_index(self, index: GalleryIndex, index_path: Path, index_id: str) -> Engine:

@@ -21,6 +21,9 @@ class SearchHit(BaseModel):
     rank: int = Field(description="1-based position in the ranking.")
     score: float = Field(description="Cosine similarity of the unit-norm embeddings (higher is closer; distance = sqrt(2 - 2 score)).")
     label: int | str | None = None
+    class_name: str | None = Field(
+        None, description="Name of the label where the index records it (e.g. 'Ankle boot'); null for indexes built "
+        "without names.")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -7,7 +7,7 @@ files decoded on access through retrieval.images (everything else).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from PIL import Image
@@ -18,12 +18,14 @@ from retrieval.images import eval_transform, open_image
 
 
 class ImageDataset(Dataset):
-    """Images in [0, 1] with integer labels 0..num_classes-1 (contiguous within the split)."""
+    """Images in [0, 1] with integer labels 0..num_classes-1 (contiguous within the split) and, where the dataset's
+    files name them, `classes`: the name of each label (None for a label without one)."""
 
     labels: torch.Tensor
     channels: int
     image_size: int
     num_classes: int
+    classes: list[str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -38,15 +40,26 @@ class ImageDataset(Dataset):
     def source(self, i: int) -> str:
         raise NotImplementedError
 
+    def class_name(self, label: int) -> str | None:
+        """The name of a label, None where the dataset does not name it."""
+        return self.classes[label] if self.classes is not None else None
+
 
 class TensorImageDataset(ImageDataset):
     """uint8 images [N, H, W] or [N, C, H, W] held in memory; sources read 'name:split:index'."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, source_prefix: str) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        source_prefix: str,
+        class_names: Mapping[int, str] | None = None,
+    ) -> None:
         if images.dtype != torch.uint8:
             raise ValueError(f"images must be uint8, not {images.dtype}")
         self._images = images if images.dim() == 4 else images.unsqueeze(1)
-        self.labels, self.num_classes = contiguous_labels(labels)
+        self.labels, self.num_classes, self.classes = labelled(labels, class_names)
         if len(self._images) != len(self.labels):
             raise UserError(f"{source_prefix}: {len(self._images)} images but {len(self.labels)} labels")
         self.channels = self._images.shape[1]
@@ -80,15 +93,14 @@ class FileImageDataset(ImageDataset):
         *,
         image_size: int = 224,
         channels: int = 3,
-        classes: Sequence[str] | None = None,
+        class_names: Mapping[int, str] | None = None,
     ) -> None:
         if not paths:
             raise UserError("dataset split has no images")
         self.paths = [Path(p) for p in paths]
-        self.labels, self.num_classes = contiguous_labels(torch.as_tensor(labels))
+        self.labels, self.num_classes, self.classes = labelled(torch.as_tensor(labels), class_names)
         self.image_size = image_size
         self.channels = channels
-        self.classes = list(classes) if classes is not None else None  # name per label, where known
         self.transform: Callable[[Image.Image], torch.Tensor] = eval_transform(image_size)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
@@ -99,7 +111,11 @@ class FileImageDataset(ImageDataset):
         return str(self.paths[i])
 
 
-def contiguous_labels(labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Map arbitrary class ids onto 0..K-1 in sorted id order, so K is the split's class count."""
-    ids, inverse = torch.unique(labels.long(), sorted=True, return_inverse=True)
-    return inverse.long(), len(ids)
+def labelled(
+    class_ids: torch.Tensor, names: Mapping[int, str] | None
+) -> tuple[torch.Tensor, int, list[str | None] | None]:
+    """Map arbitrary class ids onto labels 0..K-1 in sorted id order, so K is the split's class count; the names
+    known by class id become the name of each label."""
+    ids, inverse = torch.unique(class_ids.long(), sorted=True, return_inverse=True)
+    classes = None if names is None else [names.get(i) for i in ids.tolist()]
+    return inverse.long(), len(ids), classes

@@ -1,12 +1,15 @@
 """Cars196 (Stanford Cars, the `car_ims.tgz` + `cars_annos.mat` release): classes 1-98 train, 99-196 test (the paper's split).
 
 ROOT holds cars_annos.mat and car_ims/; the .mat file lists every image with its class, and the dataset's own
-train/test flag is ignored because retrieval splits by class. Read with scipy, which scikit-learn already requires.
+train/test flag is ignored because retrieval splits by class; its `class_names` (where present) name the classes.
+Read with scipy, which scikit-learn already requires.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 
 from retrieval.datasets.base import FileImageDataset
 from retrieval.datasets.tables import check_first_image, require_file
@@ -21,8 +24,9 @@ def load_cars(root: str | Path, split: str, *, image_size: int = 224, channels: 
     root = Path(root)
     annos_path = require_file(root / "cars_annos.mat", "Cars196")
     try:
-        annotations = loadmat(annos_path, squeeze_me=True)["annotations"]
-        entries = [(str(a["relative_im_path"]), int(a["class"])) for a in annotations.ravel()]
+        mat = loadmat(annos_path, squeeze_me=True)
+        entries = [(str(a["relative_im_path"]), int(a["class"])) for a in mat["annotations"].ravel()]
+        names = mat.get("class_names")
     except (KeyError, ValueError, TypeError, OSError) as exc:
         raise UserError(f"{annos_path}: not a Cars196 annotation file ({exc})") from None
     paths, labels = [], []
@@ -31,4 +35,7 @@ def load_cars(root: str | Path, split: str, *, image_size: int = 224, channels: 
             paths.append(root / relative)
             labels.append(cls)
     check_first_image(paths, annos_path, split)
-    return FileImageDataset(paths, labels, image_size=image_size, channels=channels)
+    return FileImageDataset(
+        paths, labels, image_size=image_size, channels=channels,
+        class_names=None if names is None else dict(enumerate(map(str, np.atleast_1d(names)), start=1)),
+    )

@@ -1,6 +1,7 @@
 """CUB-200-2011 (standard release layout): classes 1-100 train, 101-200 test (the paper's split).
 
-ROOT is the CUB_200_2011 folder (images.txt, image_class_labels.txt, images/) or its parent.
+ROOT is the CUB_200_2011 folder (images.txt, image_class_labels.txt, images/) or its parent. Class names come from
+classes.txt ("1 001.Black_footed_Albatross" names class 1 "Black footed Albatross") when it is there.
 """
 
 from __future__ import annotations
@@ -29,4 +30,14 @@ def load_cub(root: str | Path, split: str, *, image_size: int = 224, channels: i
             paths.append(base / "images" / relative)
             labels.append(cls)
     check_first_image(paths, images_txt, split)
-    return FileImageDataset(paths, labels, image_size=image_size, channels=channels)
+    return FileImageDataset(paths, labels, image_size=image_size, channels=channels, class_names=_names(base))
+
+
+def _names(base: Path) -> dict[int, str] | None:
+    classes_txt = base / "classes.txt"
+    if not classes_txt.is_file():
+        return None
+    return {
+        to_int(cls, classes_txt): folder.partition(".")[2].replace("_", " ") or folder
+        for cls, folder in read_rows(classes_txt, 2)
+    }

@@ -34,7 +34,8 @@ def load_folder(root: str | Path, split: str, *, image_size: int = 224, channels
         paths += images
         labels += [label] * len(images)
     return FileImageDataset(
-        paths, labels, image_size=image_size, channels=channels, classes=[d.name for d in classes]
+        paths, labels, image_size=image_size, channels=channels,
+        class_names={label: directory.name for label, directory in enumerate(classes)},
     )
 
 

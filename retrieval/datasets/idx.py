@@ -72,7 +72,8 @@ def load_idx_dataset(name: str, split: str, root: str | os.PathLike | None = Non
     images_path, labels_path = found
     images = _read(images_path, tv_mnist.read_image_file)
     labels = _read(labels_path, tv_mnist.read_label_file)
-    return TensorImageDataset(images, labels, source_prefix=f"{name}:{split}")
+    names = dict(enumerate(source.torchvision_class.classes))  # Fashion-MNIST: "T-shirt/top", ..., "Ankle boot"
+    return TensorImageDataset(images, labels, source_prefix=f"{name}:{split}", class_names=names)
 
 
 def _layouts(directory: Path, source: IdxSource) -> list[Path]:

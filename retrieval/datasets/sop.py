@@ -1,6 +1,7 @@
 """Stanford Online Products: Ebay_train.txt / Ebay_test.txt (image_id class_id super_class_id path).
 
-ROOT is the Stanford_Online_Products folder; paths in the lists are relative to it.
+ROOT is the Stanford_Online_Products folder; paths in the lists are relative to it. Products have no names in these
+files, only their category's folder, so class 11319 in chair_final/ is named "chair #11319".
 """
 
 from __future__ import annotations
@@ -17,5 +18,6 @@ def load_sop(root: str | Path, split: str, *, image_size: int = 224, channels: i
     rows = read_rows(listing, 4, header=True)
     paths = [root / path for _, _, _, path in rows]
     labels = [to_int(class_id, listing) for _, class_id, _, _ in rows]
+    names = {cls: f"{path.split('/')[0].removesuffix('_final')} #{cls}" for cls, (*_, path) in zip(labels, rows)}
     check_first_image(paths, listing, split)
-    return FileImageDataset(paths, labels, image_size=image_size, channels=channels)
+    return FileImageDataset(paths, labels, image_size=image_size, channels=channels, class_names=names)

@@ -63,6 +63,7 @@ def test_idx_files_load_as_uint8_backed_dataset(tmp_path, compress):
     assert all_images.shape == (5, 1, 28, 28) and all_images.dtype == torch.float32
     assert torch.equal(all_images[2], x) and ds.tensors() is all_images  # cached
     assert ds.source(4) == "fashion-mnist:test:4"
+    assert ds.classes == ["T-shirt/top", "Trouser", "Pullover"]  # the three classes these files hold
 
 
 def test_idx_reads_torchvision_raw_layout_and_train_prefix(tmp_path):
@@ -114,6 +115,9 @@ def test_system_fashion_mnist_if_installed():
     ds = load_dataset("fashion-mnist", "test")
     assert (len(ds), ds.num_classes) == (10000, 10)
     assert ds.labels.bincount().tolist() == [1000] * 10
+    assert ds.classes == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                          "Bag", "Ankle boot"]
+    assert ds.class_name(9) == "Ankle boot"
 
 
 # --- folder ----------------------------------------------------------------------------------------------------
@@ -199,7 +203,11 @@ def test_cub_layout_splits_classes_at_100(tmp_path):
     (base / "images.txt").write_text("".join(f"{i} {rel}\n" for i, _, rel in entries))
     (base / "image_class_labels.txt").write_text("".join(f"{i} {c}\n" for i, c, _ in entries))
     train = load_dataset("cub", "train", root=tmp_path)  # parent of CUB_200_2011 works too
+    assert train.classes is None  # no classes.txt: names unknown, not an error
+    (base / "classes.txt").write_text("1 001.Black_footed_Albatross\n100 100.B\n101 101.C\n200 200.Dark_eyed_Junco\n")
     test = load_dataset("cub", "test", root=base)
+    assert test.classes == ["C", "Dark eyed Junco"]
+    assert load_dataset("cub", "train", root=base).class_name(0) == "Black footed Albatross"
     assert train.labels.tolist() == [0, 0, 1] and train.num_classes == 2
     assert test.labels.tolist() == [0, 1, 1] and test.num_classes == 2
     assert test.source(0) == str(base / "images" / "101.C" / "c1.jpg")
@@ -229,10 +237,12 @@ def test_cars_annotation_mat_splits_classes_at_98(tmp_path):
     )
     for j, (rel, cls) in enumerate(entries):
         annotations[0, j] = (rel, np.array([[cls]], dtype=np.uint8), np.array([[j % 2]], dtype=np.uint8))
-    savemat(tmp_path / "cars_annos.mat", {"annotations": annotations})
+    names = np.array([f"Car model {cls}" for cls in range(1, 197)], dtype=object)
+    savemat(tmp_path / "cars_annos.mat", {"annotations": annotations, "class_names": names})
     train = load_dataset("cars", "train", root=tmp_path)
     test = load_dataset("cars", "test", root=tmp_path)
     assert train.labels.tolist() == [0, 1] and test.labels.tolist() == [0, 1, 1]
+    assert train.classes == ["Car model 1", "Car model 98"] and test.classes == ["Car model 99", "Car model 196"]
     assert test.source(0) == str(tmp_path / "car_ims" / "000003.jpg")
     assert test[0][0].shape == (3, 224, 224)
 
@@ -256,6 +266,7 @@ def test_sop_lists(tmp_path):
         save_image(tmp_path / rel)
     test = load_dataset("sop", "test", root=tmp_path)
     assert test.labels.tolist() == [0, 0, 1] and test.num_classes == 2
+    assert test.classes == ["chair #11319", "chair #11320"]  # products are unnamed: category and class id
     assert test.source(2) == str(tmp_path / "chair_final" / "10_0.JPG")
     assert len(load_dataset("sop", "train", root=tmp_path)) == 2
 

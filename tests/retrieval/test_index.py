@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from bundle_fixtures import DIM, SIZE, make_bundle
 from PIL import Image
@@ -46,7 +47,9 @@ def test_flat_search_and_metadata_rows() -> None:
     scores, ids = gallery.search(vectors[:3] * 5.0, 4)  # queries are normalised too
     assert ids[:, 0].tolist() == [0, 1, 2] and np.allclose(scores[:, 0], 1.0, atol=1e-5)
     assert (scores[:, :-1] >= scores[:, 1:]).all()
-    assert gallery.rows([2, -1]) == [{"id": 2, "label": 2, "source": "item-2", "sha256": f"{2:064x}"}]
+    assert gallery.rows([2, -1]) == [
+        {"id": 2, "label": 2, "source": "item-2", "sha256": f"{2:064x}", "class_name": None}
+    ]
     assert gallery.info["recall_at_10"] == 1.0 and gallery.info["type"] == "flat"
     _, ids = gallery.search(vectors[:1], 600)
     assert (ids[0, 500:] == -1).all()
@@ -97,6 +100,22 @@ def test_save_load_round_trip_and_pruning(tmp_path: Path) -> None:
     assert loaded.metadata.equals(gallery.metadata)
     info = json.loads((generation / "index_info.json").read_text())
     assert info["count"] == 800 and info["dim"] == 16 and "recall_at_10" in info and "p99_ms" in info["latency"]
+
+
+def test_an_index_saved_before_class_names_existed_loads_with_null_names_and_takes_named_items(tmp_path: Path) -> None:
+    """Indexes built before the class_name column must keep serving; appends then add named items beside them."""
+    generation = GalleryIndex.build(clustered(50, 8), table(50), "flat", model_sha256="m1").save(tmp_path / "idx")
+    metadata = generation / "metadata.parquet"
+    pq.write_table(pq.read_table(metadata).drop_columns(["class_name"]), metadata)  # the layout before the column
+    manifest = json.loads((generation / "manifest.json").read_text())
+    manifest["files"]["metadata.parquet"] = hashlib.sha256(metadata.read_bytes()).hexdigest()
+    (generation / "manifest.json").write_text(json.dumps(manifest))
+    old = GalleryIndex.load(tmp_path / "idx", expected_model_sha256="m1")
+    assert old.rows([3]) == [{"id": 3, "label": 3, "source": "item-3", "sha256": f"{3:064x}", "class_name": None}]
+    named = metadata_table(["new-0"], ["f" * 64], [1], ["Trouser"])
+    old.append(clustered(1, 8, seed=5), named, model_sha256="m1")
+    old.save(tmp_path / "idx")
+    assert GalleryIndex.load(tmp_path / "idx").metadata.column("class_name").to_pylist() == [None] * 50 + ["Trouser"]
 
 
 def test_crash_while_saving_keeps_previous_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,6 +231,19 @@ def test_index_dataset_split(tmp_path: Path) -> None:
     assert len(gallery) == 10_000 and gallery.info["type"] == "flat"
     assert gallery.rows([17])[0]["source"] == "fashion-mnist:test:17"
     assert gallery.metadata.column("label").null_count == 0
+    names = {row["label"]: row["class_name"] for row in gallery.rows(range(100))}
+    assert names[0] == "T-shirt/top" and names[9] == "Ankle boot" and len(names) == 10
+
+
+def test_index_of_a_folder_dataset_names_items_by_their_class_folder(tmp_path: Path) -> None:
+    for name, seed in (("apple", 0), ("cherry", 1), ("durian", 2), ("elderberry", 3)):
+        _write_pngs(tmp_path / "fruit" / name, 2, seed=seed)
+    bundle = make_bundle(tmp_path / "bundle")
+    result = _index("--bundle", str(bundle), "--dataset", "folder:test", "--data-root", str(tmp_path / "fruit"),
+                    "-o", str(tmp_path / "idx"))
+    assert result.exit_code == 0, result.output
+    rows = GalleryIndex.load(tmp_path / "idx").rows(range(4))
+    assert [(row["label"], row["class_name"]) for row in rows] == [(0, "durian")] * 2 + [(1, "elderberry")] * 2
 
 
 def test_index_requires_exactly_one_source(tmp_path: Path) -> None:

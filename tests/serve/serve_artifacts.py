@@ -3,14 +3,16 @@ steps on Fashion-MNIST, exported through training.export, gallery indexed throug
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import torch
 
 from retrieval.atomic import atomic_path
 from retrieval.datasets import load_dataset
-from retrieval.index import GalleryIndex, metadata_table
+from retrieval.index import METADATA_FILE, GalleryIndex, metadata_table
 from retrieval.embedder import OnnxEmbedder
 from retrieval.images import sha256_bytes
 from retrieval.thumbnails import encode_pixels
@@ -53,19 +55,38 @@ def _build(root: Path, steps: int, embedding_dim: int) -> Artifacts:
     bundle = export_bundle(run, root / "bundle")
     images, labels = test.tensors(), test.labels
     index_dir = root / "indexes" / "fashion"
-    write_index(bundle.path, images[:GALLERY], labels[:GALLERY], index_dir, [test.source(i) for i in range(GALLERY)])
+    write_index(bundle.path, images[:GALLERY], labels[:GALLERY], index_dir, [test.source(i) for i in range(GALLERY)],
+                test.classes)
     return Artifacts(bundle=bundle.path, index=index_dir, root=root / "indexes",
                      queries=images[GALLERY:GALLERY + QUERIES], query_labels=labels[GALLERY:GALLERY + QUERIES])
 
 
-def write_index(bundle_dir: Path, images: torch.Tensor, labels: torch.Tensor, out: Path, sources: list[str]) -> None:
+def write_index(
+    bundle_dir: Path, images: torch.Tensor, labels: torch.Tensor, out: Path, sources: list[str],
+    classes: list[str | None] | None = None,
+) -> None:
+    """A flat index of `images`; `classes` names each label (None: an index without class names)."""
     from retrieval.bundle import Bundle
 
     bundle = Bundle.load(bundle_dir)
     vectors = OnnxEmbedder(bundle).embed(images)
-    table = metadata_table(sources, [sha256_bytes(s.encode()) for s in sources], labels.tolist())
+    names = None if classes is None else [classes[label] for label in labels.tolist()]
+    table = metadata_table(sources, [sha256_bytes(s.encode()) for s in sources], labels.tolist(), names)
     previews = [encode_pixels(p) for p in images.mul(255).round().to(torch.uint8).numpy()]  # as `index` does
     GalleryIndex.build(vectors, table, "flat", model_sha256=bundle.model_sha256, thumbnails=previews).save(out)
+
+
+def as_built_before_class_names(index: Path) -> None:
+    """Rewrite the current generation's metadata in the layout indexes had before the class_name column."""
+    from retrieval.bundle import sha256_file
+    from retrieval.generations import resolve_current
+
+    generation = resolve_current(index)
+    metadata, manifest_path = generation / METADATA_FILE, generation / "manifest.json"
+    pq.write_table(pq.read_table(metadata).drop_columns(["class_name"]), metadata)
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][METADATA_FILE] = sha256_file(metadata)
+    manifest_path.write_text(json.dumps(manifest))
 
 
 def _train(images: torch.Tensor, labels: torch.Tensor, steps: int, embedding_dim: int) -> torch.nn.Module:
