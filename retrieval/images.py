@@ -4,30 +4,39 @@ Keeping a single decoder means a gallery image and an uploaded query go through 
 and every untrusted input meets the same checks: a format allowlist, a byte limit, and a pixel limit read from the
 header before any pixel is decoded (decompression bombs fail in microseconds, not after allocating gigabytes).
 
+The format is identified once, from the file's first bytes, among the allowed formats, and only that format's
+Pillow plugin ever sees the data: anything else is refused (415) before any plugin runs (trying every plugin on a
+10 MiB file that is no image took seconds).
+
 Pixels alone do not bound the cost of a decode, so inputs whose cost grows with something else are refused from
 their headers too: JPEGs with more than MAX_JPEG_SCANS scans (each scan is a pass over every block), RLE BMPs above
-MAX_RLE_PIXELS (PIL decodes RLE in pure Python), and GIF/WebP canvases much larger than the frame they hold. What is
-left is bounded by an optional wall-clock deadline, checked between the decoder's input reads and between stages.
+MAX_RLE_PIXELS (PIL decodes RLE in pure Python), and GIF/WebP canvases much larger than the frame they hold. PNG is
+the one allowed format whose metadata is compressed (zTXt, iTXt, iCCP), so its inflated text and ICC profile are
+capped far below Pillow's defaults (MAX_METADATA_CHUNK, MAX_METADATA_BYTES); other formats store metadata as sent,
+bounded by the byte cap. What is left is bounded by an optional wall-clock deadline, checked between the decoder's
+input reads and between stages (the service also runs the decoder in processes it can kill: serve/decoding.py).
+
+Only PIL and numpy are imported at module level, so a decoding process starts without torch.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import os
 import struct
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision import transforms
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from retrieval.errors import UserError
 from retrieval.protocol import protocol_for
+
+if TYPE_CHECKING:
+    import torch
 
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"})
@@ -41,6 +50,17 @@ MAX_CANVAS_TO_FRAME = 16
 SMALL_CANVAS = 1 << 16
 DECODE_BLOCK = 16 << 10
 """Bytes handed to the decoder per read: the deadline is checked this often."""
+MAX_METADATA_CHUNK = 256 << 10
+"""Largest inflated PNG text or ICC chunk (Pillow: 1 MiB); real ICC profiles are a few KiB, rarely 100s."""
+MAX_METADATA_BYTES = 1 << 20
+"""All inflated PNG text of one image (Pillow: 64 MiB, which a 74 KB file reaches)."""
+PngImagePlugin.MAX_TEXT_CHUNK = MAX_METADATA_CHUNK
+PngImagePlugin.MAX_TEXT_MEMORY = MAX_METADATA_BYTES
+_MAGIC: tuple[tuple[bytes, int, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"), (b"\xff\xd8\xff", 0, "JPEG"), (b"GIF87a", 0, "GIF"), (b"GIF89a", 0, "GIF"),
+    (b"WEBP", 8, "WEBP"), (b"BM", 0, "BMP"),
+)
+"""(signature, offset, format): each allowed format's magic bytes (WebP: "WEBP" after the RIFF header)."""
 
 _HIGH_DEPTH_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
 """Full-scale value of each high-bit-depth mode; PIL's own convert('L') would clip these instead of scaling."""
@@ -75,7 +95,14 @@ class DecodeTimeLimit(ImageError):
     """Decoding ran past its deadline (HTTP 422)."""
 
 
-def decode_image(
+def decode_image(source: Source, **options) -> torch.Tensor:
+    """decode_array's pixels as a tensor: float32 [channels, size, size] in [0, 1]."""
+    import torch
+
+    return torch.from_numpy(decode_array(source, **options)[0])
+
+
+def decode_array(
     source: Source,
     *,
     size: int,
@@ -83,14 +110,15 @@ def decode_image(
     max_bytes: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     deadline: float | None = None,
-) -> torch.Tensor:
-    """Decode, orient, convert and eval-transform one image into float32 [channels, size, size] in [0, 1].
+) -> tuple[np.ndarray, int]:
+    """Decode, orient, convert and eval-transform one image into float32 [channels, size, size] in [0, 1], and its
+    pixel count (what it cost); no torch, so that the service's decoding processes stay small.
 
     `deadline` (time.monotonic()) bounds the whole decode: DecodeTimeLimit once it passes."""
     img = open_image(source, channels=channels, max_bytes=max_bytes, max_pixels=max_pixels, deadline=deadline)
-    tensor = eval_transform(size)(img)
+    pixels = eval_array(img, size)
     _check_deadline(deadline)
-    return tensor
+    return pixels, img.width * img.height
 
 
 def open_image(
@@ -108,8 +136,12 @@ def open_image(
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, not {channels}")
     name, data = _read(source, max_bytes)
+    fmt = sniff_format(data)
+    if fmt is None:
+        allowed = ", ".join(sorted(ALLOWED_FORMATS))
+        raise UnsupportedImageFormat(f"{name}: not an image in an allowed format by its first bytes (allowed: {allowed})")
     _check_cost_from_bytes(name, data, max_pixels)
-    img = _open_checked(name, data, max_pixels, deadline)
+    img = _open_checked(name, fmt, data, max_pixels, deadline)
     try:
         img.load()
         _check_deadline(deadline)
@@ -117,24 +149,44 @@ def open_image(
         _check_deadline(deadline)
         return _to_mode(img, "L" if channels == 1 else "RGB")
     except _DECODE_ERRORS as exc:
-        raise CorruptImage(f"{name}: cannot decode image ({_one_line(exc)})") from None
+        raise _decode_error(name, "cannot decode image", exc) from None
 
 
-@functools.lru_cache(maxsize=8)
+def sniff_format(data: bytes) -> str | None:
+    """The allowed format whose magic bytes `data` starts with, or None."""
+    return next((fmt for magic, at, fmt in _MAGIC if data.startswith(magic, at)), None)
+
+
 def eval_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
-    """The 224x224 protocol's test transform Resize(256,256) + CenterCrop(224) + ToTensor, scaled to `size`;
-    under the 28x28 protocol (retrieval.protocol) a direct resize, without a crop."""
+    """eval_array as a tensor: the transform of every image that is embedded rather than trained on."""
+    import torch
+
+    return lambda img: torch.from_numpy(eval_array(img, size))
+
+
+def eval_array(img: Image.Image, size: int) -> np.ndarray:
+    """The 224x224 protocol's test transform Resize(256,256) + CenterCrop(224) + ToTensor, scaled to `size`; under
+    the 28x28 protocol (retrieval.protocol) a direct resize, without a crop. Written with PIL and numpy as
+    torchvision does it on PIL images (bilinear, antialiased resize; rounded centre crop; /255), pixel for pixel,
+    so that decoding needs no torch."""
     if not protocol_for(size).crop:
-        return transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor()])
-    resized = round(size * 256 / 224)
-    return transforms.Compose(
-        [transforms.Resize((resized, resized)), transforms.CenterCrop(size), transforms.ToTensor()]
-    )
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    else:
+        resized = round(size * 256 / 224)
+        offset = int(round((resized - size) / 2.0))
+        img = img.resize((resized, resized), Image.Resampling.BILINEAR)
+        img = img.crop((offset, offset, offset + size, offset + size))
+    array = np.asarray(img, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return np.ascontiguousarray(array.transpose(2, 0, 1)).astype(np.float32) / np.float32(255)
 
 
 def train_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
     """The 224x224 protocol's train transform: Resize(256,256) + RandomCrop(224) + RandomHorizontalFlip(0.5) +
     ToTensor, scaled to `size`."""
+    from torchvision import transforms
+
     if not protocol_for(size).crop:
         return eval_transform(size)  # the 28x28 protocol uses no augmentation
     resized = round(size * 256 / 224)
@@ -246,16 +298,17 @@ def _check_cost_from_header(name: str, img: Image.Image) -> None:
         _check_canvas(name, width * height, max(0, x1 - x0) * max(0, y1 - y0))
 
 
-def _open_checked(name: str, data: bytes, max_pixels: int | None, deadline: float | None = None) -> Image.Image:
-    """Parse only the header (PIL opens lazily) and enforce the allowlist and the pixel and cost limits."""
+def _open_checked(name: str, fmt: str, data: bytes, max_pixels: int | None,
+                  deadline: float | None = None) -> Image.Image:
+    """Parse only the header (PIL opens lazily) with the one plugin of `fmt`, and enforce the pixel and cost limits."""
     try:
-        img = Image.open(_DeadlineReader(data, deadline), formats=sorted(ALLOWED_FORMATS))
+        img = Image.open(_DeadlineReader(data, deadline), formats=[fmt])
     except Image.DecompressionBombError:
         raise ImageTooLarge(f"{name}: image dimensions exceed the decompression-bomb limit") from None
     except UnidentifiedImageError:
-        raise _unidentified(name, data) from None
+        raise CorruptImage(f"{name}: starts like a {fmt} file but its header cannot be read") from None
     except _DECODE_ERRORS as exc:
-        raise CorruptImage(f"{name}: cannot read image header ({_one_line(exc)})") from None
+        raise _decode_error(name, "cannot read image header", exc) from None
     width, height = img.size
     if width <= 0 or height <= 0:
         raise CorruptImage(f"{name}: image has no pixels ({width}x{height})")
@@ -266,19 +319,13 @@ def _open_checked(name: str, data: bytes, max_pixels: int | None, deadline: floa
     return img
 
 
-def _unidentified(name: str, data: bytes) -> ImageError:
-    """Tell a real image in a disallowed format (415) from bytes that are no image at all (422).
-
-    The second open is header-only (lazy) and its result is never decoded.
-    """
-    try:
-        fmt = Image.open(io.BytesIO(data)).format
-    except Exception:  # any failure here just means "not an image"
-        fmt = None
-    if fmt:
-        allowed = ", ".join(sorted(ALLOWED_FORMATS))
-        return UnsupportedImageFormat(f"{name}: image format {fmt} is not supported (allowed: {allowed})")
-    return CorruptImage(f"{name}: not a recognisable image")
+def _decode_error(name: str, what: str, exc: BaseException) -> ImageError:
+    """Pillow's error as ours: its PNG metadata limits (ValueError naming MAX_TEXT_*) are a cost refusal (413), the
+    rest a corrupt image (422)."""
+    if isinstance(exc, ValueError) and "MAX_TEXT" in str(exc):
+        return ImageTooComplex(f"{name}: PNG text or ICC metadata inflates past {MAX_METADATA_CHUNK} bytes a chunk "
+                               f"or {MAX_METADATA_BYTES} in all")
+    return CorruptImage(f"{name}: {what} ({_one_line(exc)})")
 
 
 def _to_mode(img: Image.Image, mode: str) -> Image.Image:

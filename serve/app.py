@@ -3,6 +3,7 @@ serve.server)."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from fastapi import FastAPI
 from retrieval.errors import UserError
 from retrieval.threads import use_torch_threads
 from serve.batching import SearchBatcher
+from serve.decoding import DecodePool
 from serve.engine import Engine, load_engine
 from serve.errors import install_error_handlers
 from serve.metrics import Metrics
@@ -41,16 +43,22 @@ def create_app(settings: Settings, *, loader: Loader = default_loader) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = ServiceState(settings, metrics)
+        state = ServiceState(settings, metrics, decoder=DecodePool(settings.decoders))
         app.state.service = state
         app.state.batcher = SearchBatcher(settings, metrics, state.cpu_limiter)
         use_torch_threads(settings.cpu_threads)  # once: request threads adopt it (retrieval.threads)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_load, state, loader)
-            tasks.start_soon(app.state.batcher.run)
-            tasks.start_soon(state.follow)  # other workers' reloads (serve.state)
+        loading = asyncio.create_task(_load(state, loader))
+        state.start_task("search batcher", app.state.batcher.run)
+        if settings.run_dir is not None:
+            state.start_task("reload follower", state.follow)  # other workers' reloads (serve.state)
+        try:
             yield
-            tasks.cancel_scope.cancel()
+        finally:
+            state.stopping = True
+            for task in (loading, *state.tasks.values()):
+                task.cancel()
+            await asyncio.gather(loading, *state.tasks.values(), return_exceptions=True)
+            await anyio.to_thread.run_sync(state.decoder.close)
 
     app = FastAPI(title="robust-retrieval", version="0.1.0", lifespan=lifespan,
                   description="Image retrieval over a FAISS gallery with live adversarial robustness probes.",
@@ -71,6 +79,7 @@ async def _load(state: ServiceState, loader: Loader) -> None:
     """Load off the event loop; a bad model or index leaves the service unready with one clear error line."""
     try:
         engine = await anyio.to_thread.run_sync(loader, state.startup_settings(), abandon_on_cancel=True)
+        await state.decoder.warm()
     except UserError as exc:
         log.error("not ready: %s", exc)
         return

@@ -4,10 +4,10 @@ many small ones (which is what evens out tail latency).
 
 A batch takes its queries in arrival order, all of one Engine (index generation): a query that read another engine
 waits for the next batch. It waits at most `max_wait_s` for more queries, and only while requests are known to be on
-their way (counted by `arriving`), so a lone request never waits. Every query is decoded on its own: a bad image
-fails only its own request.
+their way (counted by `arriving`), so a lone request never waits. Queries arrive decoded (serve/uploads.py decodes
+them in the decoding processes, so a bad image fails only its own request and no decode runs here).
 
-Hand-written rather than a library because the batch must respect the engine grouping and per-query errors.
+Hand-written rather than a library because the batch must respect the engine grouping.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from serve.engine import Engine
 from serve.metrics import Metrics
 from serve.schemas import SearchHit
 from serve.settings import Settings
-from serve.uploads import decode
 
 MAX_WAIT_S = 0.002
 """Longest a batch waits for requests still reading their body (a small fraction of one query's cost)."""
@@ -34,7 +33,8 @@ MAX_WAIT_S = 0.002
 @dataclass(frozen=True)
 class _Query:
     engine: Engine
-    image: bytes
+    image: torch.Tensor
+    """[1, C, H, W], decoded."""
     top_k: int
     answer: asyncio.Future
 
@@ -59,10 +59,10 @@ class SearchBatcher:
             self._arriving -= 1
             self._wake.set()
 
-    async def search(self, engine: Engine, images: list[bytes], top_k: int) -> list[list[SearchHit]]:
-        """Rankings of `images` in `engine`; raises the first failing image's error (413/415/422)."""
+    async def search(self, engine: Engine, images: torch.Tensor, top_k: int) -> list[list[SearchHit]]:
+        """Rankings of the decoded `images` [N, C, H, W] in `engine`."""
         loop = asyncio.get_running_loop()
-        queries = [_Query(engine, image, top_k, loop.create_future()) for image in images]
+        queries = [_Query(engine, image[None], top_k, loop.create_future()) for image in images]
         self._queue.extend(queries)
         self._wake.set()
         answers = await asyncio.gather(*(q.answer for q in queries), return_exceptions=True)
@@ -86,7 +86,7 @@ class SearchBatcher:
                         answers = self._answer(batch)
                 else:
                     answers = await anyio.to_thread.run_sync(self._answer, batch, limiter=self.slots)
-            except Exception as exc:  # noqa: BLE001  (a consumer must outlive any one batch)
+            except Exception as exc:  # noqa: BLE001  (a consumer must outlive any one batch; the batch shares it)
                 answers = [exc] * len(batch)
             for query, answer in zip(batch, answers):
                 if query.answer.done():  # the client went away
@@ -130,28 +130,12 @@ class SearchBatcher:
         self._queue.extendleft(reversed(kept))
         return taken
 
-    def _answer(self, batch: list[_Query]) -> list[list[SearchHit] | BaseException]:
-        """Decode each image (its own error on failure), then one embed and one search for the decodable ones."""
+    def _answer(self, batch: list[_Query]) -> list[list[SearchHit]]:
+        """One embed and one search for the whole batch."""
         engine = batch[0].engine
-        answers: list[list[SearchHit] | BaseException] = [[] for _ in batch]
-        images, decoded = [], []
-        for i, query in enumerate(batch):
-            try:
-                images.append(decode(query.image, engine.bundle, self.settings))
-                decoded.append(i)
-            except Exception as exc:  # noqa: BLE001  (ServiceError 413/415/422; anything else answers 500)
-                answers[i] = exc
-        if decoded:
-            try:
-                embeddings, embed_s = engine.embed(torch.cat(images))
-                rankings, search_s = engine.search(embeddings, max(batch[i].top_k for i in decoded))
-            except Exception as exc:  # the whole batch shares its embed and search, so it shares their failure
-                for i in decoded:
-                    answers[i] = exc
-                return answers
-            self.metrics.embed.observe(embed_s)
-            self.metrics.search.observe(search_s)
-            self.metrics.batch_size.observe(len(decoded))
-            for i, hits in zip(decoded, rankings):
-                answers[i] = hits[:batch[i].top_k]
-        return answers
+        embeddings, embed_s = engine.embed(torch.cat([query.image for query in batch]))
+        rankings, search_s = engine.search(embeddings, max(query.top_k for query in batch))
+        self.metrics.embed.observe(embed_s)
+        self.metrics.search.observe(search_s)
+        self.metrics.batch_size.observe(len(batch))
+        return [hits[:query.top_k] for query, hits in zip(batch, rankings)]

@@ -34,13 +34,17 @@ ERROR_CODES: dict[int, dict[str, str]] = {
     408: {"request_timeout": "headers (header_timeout_s) or body (body_timeout_s) not received in time"},
     409: {"reload_in_progress": "another reload is running"},
     413: {"request_too_large": "body over its limit (by Content-Length before reading, or while reading)",
-          "image_too_large": "a file over max_upload_bytes, or an image over the pixel cap",
-          "image_too_complex": "an image built to be expensive to decode (JPEG scans, RLE BMP, canvas vs frame)",
+          "image_too_large": "a file over max_upload_bytes, an image over max_pixels, or the images of one request "
+                             "over max_request_pixels together",
+          "image_too_complex": "an image built to be expensive to decode (JPEG scans, RLE BMP, canvas vs frame, PNG "
+                               "text or ICC metadata inflating past its cap)",
           "too_many_images": "a batch over max_batch images"},
-    415: {"unsupported_image_format": "an image outside PNG, JPEG, WebP, BMP, GIF"},
-    422: {"invalid_request": "a missing or invalid field", "corrupt_image": "empty, truncated or not an image",
+    415: {"unsupported_image_format": "a file whose first bytes are not those of PNG, JPEG, WebP, BMP or GIF "
+                                      "(refused before any decoder sees it)"},
+    422: {"invalid_request": "a missing or invalid field (numbers are bounded before conversion)",
+          "corrupt_image": "empty, or truncated or malformed in its own format",
           "invalid_image": "an image that cannot be used otherwise",
-          "decode_time_limit": "decoding ran past decode_time_limit_s",
+          "decode_time_limit": "decoding the request's images ran past decode_time_limit_s (all images together)",
           "too_many_steps": "steps over probe_max_steps", "invalid_path": "a reload path that cannot be resolved",
           "invalid_index": "a reload target that is not a valid index for the served model"},
     429: {"probe_busy": "every probe slot is busy (Retry-After)"},
@@ -49,6 +53,7 @@ ERROR_CODES: dict[int, dict[str, str]] = {
     503: {"not_ready": "the model and index are still loading (Retry-After)",
           "probe_time_limit": "the probe (decoding included) ran past probe_time_limit_s",
           "reload_incomplete": "a worker did not switch to the reloaded index in time",
+          "task_stopped": "/readyz: this worker's search batcher or reload follower stopped (the log says why)",
           "too_many_connections": "more open connections than max_connections (Retry-After)"},
 }
 """Every error status and code the service answers: the README's table and the OpenAPI document come from here

@@ -105,10 +105,12 @@ class Limits(BaseModel):
     max_batch_bytes: int
     max_batch: int
     max_pixels: int
-    decode_time_limit_s: float
+    max_request_pixels: int = Field(description="Pixels of all images of one request together.")
+    decode_time_limit_s: float = Field(description="Decode seconds of all images of one request together.")
     probe_max_steps: int
     probe_time_limit_s: float
     max_header_bytes: int
+    request_line_timeout_s: float = Field(description="A new connection must send its request line this soon.")
     body_timeout_s: float
 
 

@@ -46,12 +46,19 @@ class Settings(BaseSettings):
     max_pixels: int | None = Field(None, ge=1)
     """Largest decoded image (width x height), checked from the header; None = sized from the model's input
     (retrieval.protocol: 2048x2048 for the 28x28 protocol, 4096x4096 for the 224x224 one)."""
+    max_request_pixels: int | None = Field(None, ge=1)
+    """Pixels of all images of one request together (a /search/batch); None = 4 images at max_pixels."""
     decode_time_limit_s: float = Field(2.0, gt=0)
-    """Wall-clock limit of one image decode (422 decode_time_limit beyond it)."""
+    """Decode seconds of all images of one request together (422 decode_time_limit beyond them)."""
+    decode_processes: int | None = Field(None, ge=1)
+    """Processes that decode uploads, per worker (serve.decoding); None = cpu_threads + 1, at least 2."""
     max_batch: int = Field(32, ge=1, le=256)
 
     max_header_bytes: int = Field(16 * 1024, ge=1024)
     """Request line plus headers; beyond it the connection gets 431 and is closed."""
+    request_line_timeout_s: float = Field(2.0, gt=0)
+    """A new connection that has not sent a whole request line by then is closed; until it has, it does not count
+    against max_connections (so idle sockets cannot take the service's connections)."""
     header_timeout_s: float = Field(10.0, gt=0)
     """Time from a request's first byte to the end of its headers."""
     body_timeout_s: float = Field(30.0, gt=0)
@@ -59,7 +66,8 @@ class Settings(BaseSettings):
     keep_alive_s: int = Field(5, ge=1)
     """An idle keep-alive connection is closed after this long."""
     max_connections: int = Field(256, ge=1)
-    """Open connections per worker; a request on one more answers 503 too_many_connections."""
+    """Connections per worker that have sent a request line; a request on one more answers 503
+    too_many_connections."""
     graceful_shutdown_s: int = Field(10, ge=1)
     """On SIGTERM, requests in flight get this long before they are cancelled."""
     worker_start_timeout_s: int = Field(120, ge=5)
@@ -97,6 +105,12 @@ class Settings(BaseSettings):
     def cpu_threads(self) -> int:
         """Threads this worker may keep busy: the configured number, or its share of the cores it may run on."""
         return self.threads or max(1, available_cores() // self.workers)
+
+    @cached_property
+    def decoders(self) -> int:
+        """Decoding processes of this worker: one spare beyond its CPU threads, so a slow decode does not make every
+        other upload wait."""
+        return self.decode_processes or max(2, self.cpu_threads + 1)
 
     @cached_property
     def allowed_index_root(self) -> Path:

@@ -10,7 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from serve.probe import PROBE_ATTACKS
 from serve.routes import errors, service
 from serve.schemas import IndexInfo, InfoResponse, Limits, ModelInfo, Status
-from serve.uploads import max_pixels
+from serve.errors import ServiceError
+from serve.uploads import max_pixels, request_pixels
 
 router = APIRouter(tags=["health"])
 
@@ -23,8 +24,12 @@ async def livez() -> Status:
 
 @router.get("/readyz", response_model=Status, responses=errors(503))
 async def readyz(request: Request) -> Status:
-    """200 once the model and index are loaded, verified and warmed; 503 before (or if loading failed)."""
-    service(request).current()
+    """200 once the model and index are loaded, verified and warmed and the worker's background tasks (search
+    batcher, reload follower) run; 503 before, if loading failed, or once one of those tasks stopped."""
+    state = service(request)
+    state.current()
+    if stopped := state.stopped_tasks():
+        raise ServiceError(503, "task_stopped", f"this worker's {', '.join(stopped)} stopped; its log says why")
     return Status(status="ready")
 
 
@@ -45,7 +50,8 @@ async def info(request: Request) -> InfoResponse:
                       thumbnails=engine.index.thumbnails is not None)
     settings = state.settings
     limits = Limits(max_pixels=max_pixels(settings, engine.bundle),
-                    **settings.model_dump(include=set(Limits.model_fields) - {"max_pixels"}))
+                    max_request_pixels=request_pixels(settings, engine.bundle),
+                    **settings.model_dump(include=set(Limits.model_fields) - {"max_pixels", "max_request_pixels"}))
     return InfoResponse(model=model, index=index, probe_enabled=settings.enable_probe, attacks=list(PROBE_ATTACKS),
                         worker=os.getpid(), serving_seq=state.serving_seq, limits=limits)
 

@@ -14,7 +14,7 @@ from serve.probe import PROBE_ATTACKS, ProbeRequest, default_eps, probe_time_lim
 from serve.routes import errors, service
 from serve.schemas import ProbeResponse
 from serve.security import GuardedRoute, api_key, probe_enabled
-from serve.uploads import decode, read_upload
+from serve.uploads import decode_all, read_upload
 
 router = APIRouter(tags=["probe"], route_class=GuardedRoute)
 AttackName = Literal[PROBE_ATTACKS]  # the one list of probe-able attacks, validated and shown in the OpenAPI enum
@@ -47,17 +47,13 @@ async def probe(
                            return_image=return_image, bisection_steps=min(steps, settings.probe_bisection_steps),
                            time_limit_s=settings.probe_time_limit_s, deadline=deadline)
         start = time.perf_counter()
-
-        def work() -> ProbeResponse:
-            try:
-                query = decode(blob, engine.bundle, settings, deadline=deadline)
-            except ServiceError as exc:
-                if exc.code == "decode_time_limit" and time.monotonic() > deadline:
-                    raise probe_time_limit(req) from None
-                raise
-            return run_probe(engine, query, req)
-
-        response = await anyio.to_thread.run_sync(work)
+        try:
+            query = await decode_all(state.decoder, [blob], engine.bundle, settings, deadline=deadline)
+        except ServiceError as exc:
+            if exc.code == "decode_time_limit" and time.monotonic() >= deadline:
+                raise probe_time_limit(req) from None
+            raise
+        response = await anyio.to_thread.run_sync(run_probe, engine, query, req)
         state.metrics.probe.observe(time.perf_counter() - start)
         return response
     finally:

@@ -1,5 +1,6 @@
-"""POST /search and /search/batch: the images are queued for the micro-batcher (serve.batching), which decodes,
-embeds (ONNX) and searches (FAISS) the queries of concurrent requests together."""
+"""POST /search and /search/batch: the images are decoded in the decoding processes within the request's budget
+(serve.uploads), then queued for the micro-batcher (serve.batching), which embeds (ONNX) and searches (FAISS) the
+queries of concurrent requests together."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from serve.errors import ServiceError
 from serve.routes import errors, service
 from serve.schemas import BatchItem, BatchSearchResponse, SearchResponse
 from serve.settings import Settings
-from serve.uploads import read_upload, within_upload_cap
+from serve.uploads import decode_all, read_upload, within_upload_cap
 
 router = APIRouter(tags=["search"])
 TOP_K_MAX = 100
@@ -46,7 +47,8 @@ async def search(request: Request, top_k: Annotated[int, Query(ge=1, le=TOP_K_MA
     queue = batcher(request)
     with queue.arriving():
         image, top_k = await _query(request, state.settings, top_k)
-    rankings = await queue.search(engine, [image], top_k)
+        pixels = await decode_all(state.decoder, [image], engine.bundle, state.settings)
+    rankings = await queue.search(engine, pixels, top_k)
     return SearchResponse(results=rankings[0], model_id=engine.model_id, index_id=engine.index_id,
                           took_ms=(time.perf_counter() - start) * 1000)
 
@@ -63,7 +65,8 @@ async def search_batch(request: Request, images: Annotated[list[UploadFile], Fil
         raise ServiceError(413, "too_many_images", f"{len(images)} images; a batch holds at most {limit}")
     engine = state.current()
     blobs = [await read_upload(upload, state.settings) for upload in images]
-    rankings = await batcher(request).search(engine, blobs, top_k)
+    pixels = await decode_all(state.decoder, blobs, engine.bundle, state.settings)
+    rankings = await batcher(request).search(engine, pixels, top_k)
     return BatchSearchResponse(items=[BatchItem(results=hits) for hits in rankings], model_id=engine.model_id,
                                index_id=engine.index_id, took_ms=(time.perf_counter() - start) * 1000)
 
@@ -81,8 +84,10 @@ async def _query(request: Request, settings: Settings, top_k: int) -> tuple[byte
 
 
 def _form_top_k(value: object, default: int) -> int:
+    """The form's top_k, bounded before int() converts it (int() of 4,301 digits raises, and costs time before)."""
     if value is None:
         return default
-    if not isinstance(value, str) or not value.strip().isdigit() or not 1 <= int(value) <= TOP_K_MAX:
+    value = value.strip() if isinstance(value, str) else ""
+    if len(value) > len(str(TOP_K_MAX)) or not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= TOP_K_MAX:
         raise ServiceError(422, "invalid_request", f"top_k: must be an integer from 1 to {TOP_K_MAX}")
     return int(value)

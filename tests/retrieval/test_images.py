@@ -114,20 +114,22 @@ def test_exif_orientation_is_applied():
     assert top[0] > 200 and bottom[2] > 200  # red ends up on top
 
 
-def test_disallowed_format_is_unsupported():
-    with pytest.raises(UnsupportedImageFormat, match="TIFF"):
-        decode_image(encode(Image.new("RGB", (4, 4)), "TIFF"), size=8, channels=3)
+@pytest.mark.parametrize("data", [encode(Image.new("RGB", (4, 4)), "TIFF"), b"definitely not an image"],
+                         ids=["tiff", "garbage"])
+def test_anything_without_an_allowed_formats_magic_bytes_is_unsupported(data):
+    with pytest.raises(UnsupportedImageFormat, match="first bytes"):
+        decode_image(data, size=8, channels=3)
 
 
 @pytest.mark.parametrize(
     "data",
     [
         b"",
-        b"definitely not an image",
+        b"\x89PNG\r\n\x1a\n and then no chunks",
         encode(Image.new("RGB", (64, 64), (1, 2, 3)), "PNG")[:60],
         encode(Image.effect_noise((64, 64), 50).convert("RGB"), "JPEG")[:400],
     ],
-    ids=["empty", "garbage", "truncated-png", "truncated-jpeg"],
+    ids=["empty", "png-magic-only", "truncated-png", "truncated-jpeg"],
 )
 def test_corrupt_inputs_raise_corrupt_image_with_one_line(data):
     with pytest.raises(CorruptImage) as info:

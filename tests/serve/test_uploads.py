@@ -36,7 +36,7 @@ def shirt(artifacts) -> Image.Image:
 def _bad_uploads(shirt: Image.Image) -> dict[str, tuple[bytes, int, str | None]]:
     good_png, good_jpeg = _encoded(shirt, "PNG"), _encoded(shirt.convert("RGB"), "JPEG")
     return {
-        "not an image": (b"%PDF-1.4 certainly not pixels" * 10, 422, "corrupt_image"),
+        "not an image": (b"%PDF-1.4 certainly not pixels" * 10, 415, "unsupported_image_format"),
         "truncated png": (good_png[: len(good_png) // 2], 422, "corrupt_image"),
         "truncated jpeg": (good_jpeg[: len(good_jpeg) // 2], 422, "corrupt_image"),
         "zero bytes": (b"", 422, "corrupt_image"),
