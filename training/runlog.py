@@ -72,13 +72,15 @@ class StatsWindow:
 
 
 class TrainProgress:
-    """A rich progress bar over the run's iterations showing loss, mean hardness and images/s."""
+    """A rich progress bar over the run's iterations showing loss, mean hardness and images/s (plain lines at an
+    interval where the console is not a terminal); `time_limit_s` is what is left of a time budget."""
 
-    def __init__(self, total: int, completed: int, *, console: Console, enabled: bool):
+    def __init__(self, total: int, completed: int, *, console: Console, enabled: bool,
+                 time_limit_s: float | None = None):
         self.enabled = enabled
         self._progress = progress_bar(
             TextColumn("loss {task.fields[loss]}  H {task.fields[hardness]}  {task.fields[speed]} img/s"),
-            console=console, enabled=enabled,
+            console=console, enabled=enabled, time_limit_s=time_limit_s,
         )
         self._task = self._progress.add_task(
             "train", total=total, completed=completed, loss="-", hardness="-", speed="-"

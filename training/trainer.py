@@ -139,7 +139,9 @@ class Trainer:
         self.log.truncate_after(pos.step)  # drop records of a run that went further than its checkpoint
         self._window = StatsWindow()
         self._window_start = pos.train_seconds
-        self._progress = TrainProgress(int(limit), pos.step, console=self.console, enabled=self.processes.is_main)
+        budget_left = None if cfg.time_budget is None else cfg.time_budget - pos.init_seconds - pos.train_seconds
+        self._progress = TrainProgress(int(limit), pos.step, console=self.console, enabled=self.processes.is_main,
+                                       time_limit_s=budget_left)
         self._clock = self._wall_clock = time.perf_counter()
         with self._progress:
             while pos.epoch < cfg.epochs and pos.step < limit and not self._over_budget():
