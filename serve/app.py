@@ -23,6 +23,7 @@ from serve.middleware.body_limit import BodyLimitMiddleware
 from serve.middleware.catch_all import CatchAllMiddleware
 from serve.middleware.metrics import MetricsMiddleware
 from serve.middleware.request_id import RequestIdMiddleware
+from serve.middleware.security_headers import SecurityHeadersMiddleware
 from serve.routes import admin, errors, health, items, page, probe, search
 from serve.settings import Settings
 from serve.state import ServiceState
@@ -71,6 +72,7 @@ def create_app(settings: Settings, *, loader: Loader = default_loader) -> FastAP
                        timeout_s=settings.body_timeout_s)
     app.add_middleware(CatchAllMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeadersMiddleware)  # outside the catch-all: its 500s get the headers too
     app.add_middleware(RequestIdMiddleware)  # added last = outermost: every log line of a request has its id
     return app
 

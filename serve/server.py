@@ -2,9 +2,11 @@
 and `run`, the start-up of `robust-retrieval serve`.
 
 uvicorn (0.55, httptools) bounds neither the size of a request's headers nor the time a client may take to send
-them, and its connection cap answers in plain text, so `BoundedHttpProtocol` adds all three; body-read time is
-bounded by serve.middleware.body_limit, idle keep-alive by uvicorn's own timer. deploy/nginx.conf repeats these
-limits for deployments behind a reverse proxy.
+them, and its connection cap answers in plain text, so `BoundedHttpProtocol` adds all three. A new connection must
+send its request line within request_line_timeout_s and only counts against the cap once it has, so sockets that
+connect and send nothing are closed in seconds and cannot take the connections that real clients need. Body-read
+time is bounded by serve.middleware.body_limit, idle keep-alive by uvicorn's own timer. deploy/nginx.conf repeats
+these limits for deployments behind a reverse proxy.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import json
 import logging
 import os
 import pickle
+import resource
 import shutil
 import signal
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 import uvicorn
@@ -27,6 +31,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from retrieval.errors import UserError
 from serve.log import configure_logging
+from serve.middleware.security_headers import security_headers
 from serve.settings import Settings
 
 log = logging.getLogger("serve.server")
@@ -37,41 +42,92 @@ HEALTH_POLL_S = 0.1
 
 def _json_response(status: int, reason: str, code: str, message: str) -> bytes:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in security_headers("application/json"))
     head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            "connection: close\r\n\r\n")
+            f"{extra}connection: close\r\n\r\n")
     return head.encode("ascii") + body
 
 
-class BoundedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a limit on header bytes (431), a deadline for the headers from the
-    connection's or request's first byte (408, then close), and a connection cap answered as JSON (503)."""
+class _HeadersTooLarge(Exception):
+    """Raised from a parser callback to stop httptools mid-request (it reaches uvicorn as a parser error)."""
 
-    def __init__(self, config: ServerConfig, *args, **kwargs) -> None:
-        super().__init__(config, *args, **kwargs)
+
+_requesting: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""uvicorn ServerState -> its connections that have sent a request line (those the connection cap counts)."""
+
+
+class BoundedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline for a new connection's request line (closed after it), a limit
+    on header bytes (431), a deadline for the headers from a request's first byte (408, then close), and a cap on
+    the connections that have sent a request line, answered as JSON (503).
+
+    Header bytes are counted twice over, each against the limit: as raw bytes before parsing (headers that arrive
+    over many reads, which httptools would buffer whole) and as parsed lengths (headers that arrive in one read
+    and are parsed before data_received returns)."""
+
+    def __init__(self, config: ServerConfig, server_state, *args, **kwargs) -> None:
+        super().__init__(config, server_state, *args, **kwargs)
         self.limits = config.settings
+        self.requesting: set = _requesting.setdefault(server_state, set())
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._header_bytes, self._header_timer, self._refused = 0, None, False
-        self._start_headers()  # a connection that never sends a request is closed too
+        self._raw_header_bytes, self._parsed_header_bytes, self._in_headers = 0, 0, True
+        self._header_timer, self._refused, self._too_large = None, False, False
+        self._line_timer = self.loop.call_later(self.limits.request_line_timeout_s, self._no_request_line)
 
     def on_message_begin(self) -> None:
+        self._parsed_header_bytes = 0
         self._start_headers()
         super().on_message_begin()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # lingering close: drain what the client still sends, so that it can read our answer
+        if self._line_timer is not None and b"\n" in data:
+            self._line_timer.cancel()
+            self._line_timer = None
+            self.requesting.add(self)
+        if self._in_headers:
+            end = data.find(b"\r\n\r\n")
+            self._raw_header_bytes += len(data) if end < 0 else end + 4
+            if self._raw_header_bytes > self.limits.max_header_bytes:
+                self._refuse_headers()
+                return
         super().data_received(data)
-        if self._header_timer is not None and not self.transport.is_closing():  # still inside the headers
-            self._header_bytes += len(data)
-            if self._header_bytes > self.limits.max_header_bytes:
-                self._refuse(431, "Request Header Fields Too Large", "headers_too_large",
-                             f"request line and headers larger than {self.limits.max_header_bytes} bytes")
+
+    def on_url(self, url: bytes) -> None:
+        self._count_parsed(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_parsed(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count_parsed(self, size: int) -> None:
+        self._parsed_header_bytes += size
+        if self._parsed_header_bytes > self.limits.max_header_bytes:
+            self._too_large = True
+            raise _HeadersTooLarge
+
+    def send_400_response(self, msg: str) -> None:
+        if self._too_large:  # the parser error was ours: the headers are too large, not malformed
+            self._refuse_headers()
+        elif not self._refused:
+            super().send_400_response(msg)
+
+    def _refuse_headers(self) -> None:
+        self._refuse(431, "Request Header Fields Too Large", "headers_too_large",
+                     f"request line and headers larger than {self.limits.max_header_bytes} bytes")
+
+    def on_message_complete(self) -> None:
+        self._in_headers = True
+        super().on_message_complete()
 
     def on_headers_complete(self) -> None:
         self._stop_headers()
-        if len(self.connections) <= self.limits.max_connections:
+        self._in_headers, self._raw_header_bytes = False, 0
+        if len(self.requesting) <= self.limits.max_connections:
             super().on_headers_complete()
             return
         app, self.app = self.app, _too_many_connections(self.limits.max_connections)
@@ -82,7 +138,20 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc) -> None:  # type: ignore[override]
         self._stop_headers()
+        if self._line_timer is not None:
+            self._line_timer.cancel()
+        self.requesting.discard(self)
         super().connection_lost(exc)
+
+    def _no_request_line(self) -> None:
+        """A connection without a whole request line after request_line_timeout_s: closed (with a 408 if it began
+        one, silently if it sent nothing)."""
+        self._line_timer = None
+        if self._header_timer is None:
+            self.transport.close()
+            return
+        self._refuse(408, "Request Timeout", "request_timeout",
+                     f"request line not received within {self.limits.request_line_timeout_s} s")
 
     def _start_headers(self) -> None:
         if self._header_timer is None:
@@ -117,7 +186,8 @@ def _too_many_connections(cap: int):
                                      "message": f"more than {cap} open connections; retry later"}}).encode()
         await send({"type": "http.response.start", "status": 503, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"), (b"retry-after", b"1")]})
+            (b"connection", b"close"), (b"retry-after", b"1"),
+            *((name.encode(), value.encode()) for name, value in security_headers("application/json"))]})
         await send({"type": "http.response.body", "body": body})
 
     return app
@@ -213,6 +283,7 @@ def run(**options: object) -> None:
     if not settings.index.is_dir():
         raise UserError(f"index directory {settings.index} does not exist")
     configure_logging(settings.log_level)
+    _raise_open_files_limit()
     if settings.workers == 1:
         uvicorn.Server(uvicorn_config(_single_app(settings), settings)).run()
         return
@@ -224,6 +295,15 @@ def run(**options: object) -> None:
         LoggingSupervisor(config, sockets=[config.bind_socket()]).run()
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _raise_open_files_limit() -> None:
+    """Soft limit of open files up to the hard one (often 1024 -> 1M): each connection, idle or not, is a file, and
+    running out of them refuses every client, not only the one that holds thousands."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard if hard != resource.RLIM_INFINITY else 1 << 20, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def _single_app(settings: Settings):

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.types import Scope
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 CONTENT_SECURITY_POLICY = (
@@ -19,12 +23,27 @@ CONTENT_SECURITY_POLICY = (
 router = APIRouter(include_in_schema=False)
 
 
-@router.get("/")
+@router.api_route("/", methods=["GET", "HEAD"])
 async def page() -> FileResponse:
     return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY,
                                                         "Cache-Control": "no-cache"})
 
 
+@router.api_route("/favicon.ico", methods=["GET", "HEAD"])
+async def favicon() -> FileResponse:
+    """The page links its icon; this answers clients that ask the conventional address instead."""
+    return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+
+class PageAssets(StaticFiles):
+    """The page's scripts and styles, mounted at /static; the page itself only at `/`, where its CSP is set."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        found, _ = await anyio.to_thread.run_sync(self.lookup_path, path)
+        if found.lower().endswith(".html"):  # the file it resolves to, however the path spells it
+            raise HTTPException(404)
+        return await super().get_response(path, scope)
+
+
 def static_files() -> StaticFiles:
-    """The page's scripts and styles, mounted at /static."""
-    return StaticFiles(directory=STATIC)
+    return PageAssets(directory=STATIC)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -59,3 +60,20 @@ def gif_canvas_bomb(canvas: int = 4096, frame: int = 1) -> bytes:
     """A GIF whose logical screen is `canvas` x `canvas` around a `frame` x `frame` image."""
     image = _encoded(Image.new("L", (frame, frame), 0), "GIF")
     return image[:6] + struct.pack("<HH", canvas, canvas) + image[10:]
+
+
+def png_text_bomb(chunks: int = 64, inflated: int = 1 << 20) -> bytes:
+    """A 16x16 PNG with `chunks` zTXt chunks that each inflate to `inflated` bytes (about 1 KB each on the wire):
+    within Pillow's default limits up to 64 of them, 64 MiB of text per image."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = _encoded(Image.new("L", (16, 16), 128), "PNG")
+    text = chunk(b"zTXt", b"comment\0\0" + zlib.compress(b"a" * inflated, 9))
+    return png[:33] + text * chunks + png[33:]  # after the signature (8) and IHDR (25)
+
+
+def costly_jpeg(side: int = 2048, scans: int = 54) -> bytes:
+    """A progressive JPEG within every cost cap (scans under MAX_JPEG_SCANS, pixels under the 28x28 model's cap) that
+    still takes about 0.3 s to decode on one core: what a batch of small files can multiply."""
+    return progressive_jpeg_bomb(side, scans)

@@ -9,7 +9,6 @@ import json
 import shutil
 import socket
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -178,22 +177,6 @@ def test_a_client_that_stops_mid_body_is_cut_off(hardened, http, artifacts):
             b"Content-Length: 100000\r\n\r\n")
     body = b'--b\r\nContent-Disposition: form-data; name="image"; filename="q.png"\r\n\r\n' + b"\0" * 1000
     assert _status_and_code(_exchange(hardened.url, head, body)) == (408, "request_timeout")
-    _still_serving(http, png(artifacts.queries[0]))
-
-
-def test_connections_beyond_the_cap_get_503(hardened, http, artifacts):
-    host, port = hardened.url.removeprefix("http://").split(":")
-    idle = [socket.create_connection((host, int(port)), timeout=TIMEOUT_S) for _ in range(6)]
-    try:
-        response = _exchange(hardened.url, b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
-    finally:
-        for sock in idle:
-            sock.close()
-    assert _status_and_code(response) == (503, "too_many_connections")
-    deadline = time.monotonic() + TIMEOUT_S
-    while len(hardened.server.server_state.connections) > 1:  # the idle ones are gone (closed above)
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
     _still_serving(http, png(artifacts.queries[0]))
 
 

@@ -1,9 +1,13 @@
 """`robust-retrieval serve --workers 2` as a real subprocess: it becomes ready while other processes keep the CPU busy,
 a reload reaches every worker before it answers, a killed worker is logged with the reason and its replacement
-starts on the reloaded index; and the supervisor's health check, which must notice a worker that dies mid-check."""
+starts on the reloaded index, 20 reloads under search load reach every worker with no hung request; the supervisor's
+health check, which must notice a worker that dies mid-check; and (in process, with a shared run directory) the
+acknowledgements that ignore other workers' temporaries, a follower that survives any failure, and /readyz 503 in a
+worker whose follower stopped."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -15,11 +19,16 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import anyio
 import httpx
 import pytest
 
+from serve.app import create_app
+from serve.metrics import Metrics
 from serve.server import _answers
-from serve_helpers import ADMIN_KEY, png
+from serve.state import ServiceState
+from serve_helpers import ADMIN_KEY, LiveServer, png
+from test_security import captured_logs
 from test_reload import second_index  # noqa: F401  (fixture: a second gallery inside the index root)
 
 READY_TIMEOUT_S = 300
@@ -49,15 +58,8 @@ def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen):
 @pytest.mark.slow
 def test_two_workers_start_on_a_busy_cpu_and_reload_together(artifacts, second_index, tmp_path):  # noqa: F811
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
+    url, server = _serve(artifacts, tmp_path, "--workers", "2")
     log_path = tmp_path / "serve.log"
-    env = os.environ | {"RR_ADMIN_KEY": ADMIN_KEY, "RR_THREADS": "1"}
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "serve.cli", "serve", str(artifacts.index), "--bundle", str(artifacts.bundle),
-             "--port", str(port), "--workers", "2"],
-            cwd=Path(__file__).resolve().parents[2], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, READY_TIMEOUT_S, "first ready", server)
         pids = set()
@@ -91,12 +93,7 @@ def test_two_workers_start_on_a_busy_cpu_and_reload_together(artifacts, second_i
     finally:
         for process in busy:
             process.kill()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
+        _stop(server)
     assert server.returncode == 0, log_path.read_text(errors="replace")[-3000:]
 
 
@@ -134,3 +131,119 @@ def test_the_health_check_sees_an_answer_or_a_death_without_waiting_out_its_time
     finally:
         process.kill()
         process.join(10)
+
+
+def _stop(server: subprocess.Popen) -> None:
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(60)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(10)
+
+
+def _serve(artifacts, tmp_path, *extra: str) -> tuple[str, subprocess.Popen]:
+    """`robust-retrieval serve` on a free port, its log in tmp_path/serve.log."""
+    port = _free_port()
+    env = os.environ | {"RR_ADMIN_KEY": ADMIN_KEY, "RR_THREADS": "1"}
+    log = open(tmp_path / "serve.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "serve.cli", "serve", str(artifacts.index), "--bundle", str(artifacts.bundle),
+         "--port", str(port), *extra], cwd=Path(__file__).resolve().parents[2], env=env, stdout=log,
+        stderr=subprocess.STDOUT)
+    log.close()
+    return f"http://127.0.0.1:{port}", server
+
+
+@pytest.mark.slow
+def test_twenty_reloads_under_load_reach_every_worker_and_hang_no_request(artifacts, second_index, tmp_path):  # noqa: F811
+    """Four threads search without pause while 20 reloads alternate between two indexes: each reload answers 200
+    only once both workers serve it (serving_seq), and every search answers 200 (one used to wedge a worker)."""
+    url, server = _serve(artifacts, tmp_path, "--workers", "2")
+    image, stop, statuses = png(artifacts.queries[0]), threading.Event(), []
+
+    def search() -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    statuses.append(client.post("/search", files={"image": ("q.png", image, "image/png")}).status_code)
+                except httpx.HTTPError as exc:
+                    statuses.append(type(exc).__name__)
+
+    try:
+        pids = set()
+        _wait(lambda: pids.add(_info(url)["worker"]) or len(pids) == 2, READY_TIMEOUT_S, "both workers ready", server)
+        threads = [threading.Thread(target=search) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            for seq in range(1, 21):
+                reload = httpx.post(f"{url}/admin/reload", json={"path": "second" if seq % 2 else "fashion"},
+                                    headers={"X-Admin-Key": ADMIN_KEY}, timeout=180)
+                assert reload.status_code == 200, (seq, reload.text)
+                seen = {}
+                _wait(lambda: seen.update({(i := _info(url))["worker"]: i["serving_seq"]}) or len(seen) == 2, 60,
+                      "an answer from each worker", server)
+                assert set(seen.values()) == {seq}, (seq, seen)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(60)
+        assert not any(thread.is_alive() for thread in threads), "a search hung"
+        assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    finally:
+        _stop(server)
+
+
+def test_acknowledgements_leave_other_workers_temporaries_alone(make_settings, artifacts, tmp_path):
+    """A reload counts the workers that acknowledged it; a temporary file in acks/ is another worker's
+    acknowledgement being written (retrieval.atomic), which it will rename: reading or deleting it wedged reloads."""
+    state = ServiceState(make_settings(run_dir=tmp_path), Metrics())
+    (tmp_path / "acks").mkdir()
+    temporary = tmp_path / "acks" / f".{os.getpid() + 1}.k2j4h1.tmp"
+    temporary.write_text("0")
+    anyio.run(state.publish, artifacts.index)
+    assert temporary.exists() and state.serving_seq == 1
+
+
+@pytest.fixture()
+def follower_server(make_settings, tmp_path):
+    settings = make_settings(run_dir=tmp_path)
+    with LiveServer(create_app(settings), settings) as live:
+        live.wait_ready()
+        yield live
+
+
+def test_a_failing_follower_logs_retries_and_never_stops_the_search(follower_server, artifacts, second_index, tmp_path):  # noqa: F811
+    url, image = follower_server.url, png(artifacts.queries[0])
+    with captured_logs("serve.state") as records, httpx.Client(base_url=url, timeout=30) as client:
+        (tmp_path / "serving.json").write_text("{not json")  # any failure, not only a bad index
+        _wait_for_log(records, "cannot follow the serving pointer")
+        assert client.get("/readyz").status_code == 200
+        assert client.post("/search", files={"image": ("q.png", image, "image/png")}).status_code == 200
+        (tmp_path / "serving.json").write_text(json.dumps({"seq": 1, "path": str(second_index)}))
+        deadline = time.monotonic() + 60
+        while client.get("/info").json()["serving_seq"] != 1:  # the retry follows the repaired pointer
+            assert time.monotonic() < deadline, "the follower did not recover"
+            time.sleep(0.1)
+
+
+def test_readyz_is_503_in_a_worker_whose_follower_stopped(follower_server):
+    task = follower_server.state.tasks["reload follower"]
+    assert httpx.get(f"{follower_server.url}/readyz").status_code == 200
+    task.get_loop().call_soon_threadsafe(task.cancel)
+    deadline = time.monotonic() + 30
+    while not task.done():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    response = httpx.get(f"{follower_server.url}/readyz")
+    assert response.status_code == 503 and response.json()["error"]["code"] == "task_stopped"
+    assert "reload follower" in response.json()["error"]["message"]
+    assert httpx.get(f"{follower_server.url}/livez").status_code == 200  # liveness may restart it; not ready
+
+
+def _wait_for_log(records, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(text in r.getMessage() for r in records):
+        assert time.monotonic() < deadline, f"no log line with {text!r}"
+        time.sleep(0.05)
