@@ -1,11 +1,14 @@
 // The page's behaviour: /info -> model panel, /search -> thumbnails, /probe -> clean vs attacked.
 // Plain DOM code, no framework: the page must work offline and without a build step.
+// Each request first clears what the previous one showed, and only the latest request of a panel may show its
+// answer or its error, so nothing on screen belongs to another request.
 "use strict";
 
 const KEY_STORAGE = "robust-retrieval.api-key";
 const $ = (id) => document.getElementById(id);
 let query = null; // the chosen query image (a File)
 let info = null;
+const latest = { search: 0, probe: 0 }; // the request number each panel shows
 
 // ---- errors, worded as the API words them ------------------------------------------------------------------------
 
@@ -65,12 +68,36 @@ async function loadInfo() {
   $("model-method").textContent = model.method || "not recorded";
   $("model-eps").textContent = model.eps === null || model.eps === undefined ? "not recorded" : `${eps255(model.eps)}/255`;
   $("model-r1").textContent = fmt(model.recall_at_1, 3);
-  $("model-ers").textContent = fmt(model.ers, 1);
+  showRobustness($("model-robustness"), model);
   const previews = index.thumbnails ? "" : ", no thumbnails";
   $("index-facts").textContent = `${index.count.toLocaleString("en")} items, ${index.type || "unknown type"}${previews}`;
   $("model-facts").hidden = false;
   status.textContent = "";
   if (info.probe_enabled) setUpProbe();
+}
+
+// One line per protocol evaluate measured: "ERS (rob28): 40.1 (38.0-42.1), PGD 32 steps x 1 start", then the
+// queries (and date) they were measured on.
+function showRobustness(box, model) {
+  const measured = model.robustness;
+  const line = (text, className = "") => Object.assign(document.createElement("span"), { textContent: text, className });
+  if (!measured) {
+    box.replaceChildren(model.ers === null || model.ers === undefined
+      ? line("not recorded")
+      : line(`ERS ${fmt(model.ers, 1)} (protocol not recorded)`));
+    return;
+  }
+  const lines = Object.entries(measured.protocols || {}).map(([protocol, result]) => {
+    const [lo, hi] = result.ers_interval || [];
+    const interval = lo === undefined ? "" : ` (${fmt(lo, 1)}-${fmt(hi, 1)})`;
+    const item = line(`ERS (${protocol}): ${fmt(result.ers, 1)}${interval}${result.attacker ? `, ${result.attacker}` : ""}`);
+    item.dataset.protocol = protocol;
+    return item;
+  });
+  const queries = measured.queries ?? Object.values(measured.protocols || {}).map((r) => r.queries).find((q) => q);
+  const about = [queries ? `${queries} queries` : "", measured.date ? `measured ${measured.date.slice(0, 10)}` : ""];
+  lines.push(line(about.filter(Boolean).join(", ") || "queries not recorded", "note"));
+  box.replaceChildren(...lines);
 }
 
 // ---- query image -------------------------------------------------------------------------------------------------
@@ -109,16 +136,23 @@ function topK() {
 
 // ---- rankings ----------------------------------------------------------------------------------------------------
 
+// "Ankle boot" where the index names the label, else "label 9" (indexes built without names), else "no label".
+function labelText(hit) {
+  const label = hit.label === null || hit.label === undefined ? "no label" : `label ${hit.label}`;
+  return { short: hit.class_name || label, full: hit.class_name ? `${hit.class_name} (${label})` : label };
+}
+
 function hitItem(hit, mark) {
   const item = document.createElement("li");
   item.className = "hit";
   item.dataset.id = hit.id;
   item.dataset.rank = hit.rank;
   item.dataset.label = hit.label ?? "";
-  const label = hit.label === null || hit.label === undefined ? "no label" : `label ${hit.label}`;
+  item.dataset.className = hit.class_name ?? "";
+  const label = labelText(hit);
   const image = document.createElement("img");
   image.src = `/items/${encodeURIComponent(hit.id)}/thumbnail`;
-  image.alt = `Gallery item ${hit.id}, ${label}`;
+  image.alt = `Gallery item ${hit.id}, ${label.full}`;
   image.loading = "lazy";
   image.addEventListener("error", () => image.replaceWith(Object.assign(document.createElement("span"), {
     className: "no-thumbnail", textContent: `item ${hit.id} (no thumbnail)`,
@@ -126,7 +160,8 @@ function hitItem(hit, mark) {
   const caption = document.createElement("p");
   caption.innerHTML = '<span class="rank"></span> <span class="label"></span> <span class="score"></span>';
   caption.querySelector(".rank").textContent = `#${hit.rank}`;
-  caption.querySelector(".label").textContent = label;
+  caption.querySelector(".label").textContent = label.short;
+  caption.querySelector(".label").title = label.full;
   caption.querySelector(".score").textContent = `score ${hit.score.toFixed(3)}`;
   item.append(image, caption);
   if (mark) {
@@ -144,10 +179,17 @@ function render(list, hits, markOf = () => "") {
   list.replaceChildren(...hits.map((hit) => hitItem(hit, markOf(hit))));
 }
 
+function clearSearch() {
+  showError($("search-error"), "");
+  $("search-output").hidden = true;
+  $("search-results").replaceChildren();
+}
+
 async function search(event) {
   event.preventDefault();
+  const ticket = ++latest.search;
   const box = $("search-error");
-  showError(box, "");
+  clearSearch();
   if (!query) {
     showError(box, "Choose or drop a query image first.");
     $("image-input").focus();
@@ -160,12 +202,13 @@ async function search(event) {
   button.disabled = true;
   try {
     const body = await call("/search", { method: "POST", body: form });
+    if (ticket !== latest.search) return;
     render($("search-results"), body.results);
     $("search-output").hidden = false;
   } catch (err) {
-    showError(box, err.message);
+    if (ticket === latest.search) showError(box, err.message);
   } finally {
-    button.disabled = false;
+    if (ticket === latest.search) button.disabled = false;
   }
 }
 
@@ -236,11 +279,20 @@ function moves(clean, adversarial) {
   return { cleanMark, attackedMark };
 }
 
+function clearProbe() {
+  showError($("probe-error"), "");
+  $("probe-status").textContent = "";
+  $("probe-output").hidden = true;
+  for (const id of ["probe-clean-hits", "probe-adversarial-hits"]) $(id).replaceChildren();
+  for (const id of ["probe-clean", "probe-adversarial", "probe-perturbation"]) $(id).removeAttribute("src");
+}
+
 async function probe(event) {
   event.preventDefault();
+  const ticket = ++latest.probe;
   const box = $("probe-error");
   const status = $("probe-status");
-  showError(box, "");
+  clearProbe();
   if (!query) {
     showError(box, "Choose or drop a query image in the search form first.");
     $("image-input").focus();
@@ -260,14 +312,16 @@ async function probe(event) {
   status.textContent = "Attacking the query…";
   try {
     const report = await call("/probe", { method: "POST", body: form, headers: key ? { "X-API-Key": key } : {} });
+    if (ticket !== latest.probe) return;
     await showProbe(report);
     status.textContent = `Probe finished in ${(report.took_ms / 1000).toFixed(1)} s.`;
   } catch (err) {
-    status.textContent = "";
+    if (ticket !== latest.probe) return;
+    clearProbe();
     showError(box, err.message);
     if (/^40[13] /.test(err.message)) $("api-key").focus();
   } finally {
-    button.disabled = false;
+    if (ticket === latest.probe) button.disabled = false;
   }
 }
 

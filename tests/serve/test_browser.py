@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from retrieval.bundle import BUNDLE_FILES, MODEL_FILE, sha256_file, write_manifest
 from serve.app import create_app
 from serve_helpers import API_KEY, LiveServer, png
 
@@ -43,6 +45,7 @@ def browser() -> Iterator[webdriver.Chrome]:
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                  "--window-size=1200,1400", "--no-first-run", "--disable-extensions"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for errors such as a 404
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
     driver.set_page_load_timeout(WAIT_S)
     try:
@@ -109,7 +112,8 @@ def _images_loaded(browser, selector: str) -> bool:
 def _hits(browser, list_id: str) -> list[dict]:
     return browser.execute_script(
         "return [...document.querySelectorAll('#' + arguments[0] + ' li.hit')].map(li => ({"
-        "id: Number(li.dataset.id), label: li.dataset.label, moved: li.dataset.moved || '',"
+        "id: Number(li.dataset.id), label: li.dataset.label, class_name: li.dataset.className,"
+        "shown: li.querySelector('.label').textContent, moved: li.dataset.moved || '',"
         "alt: li.querySelector('img') ? li.querySelector('img').alt : ''}));", list_id)
 
 
@@ -127,7 +131,7 @@ def _error(browser, box_id: str, timeout: float = WAIT_S) -> str:
     return box.text
 
 
-def test_search_shows_k_thumbnails_with_labels_of_search(browser, page_server, query_file, tmp_path):
+def test_search_shows_k_thumbnails_with_class_names_of_search(browser, page_server, query_file, tmp_path):
     _open(browser, page_server)
     assert browser.find_element(By.ID, "model-method").text == "N/A[R]"
     assert browser.find_element(By.ID, "index-facts").text.startswith("1,000 items, flat")
@@ -141,7 +145,8 @@ def test_search_shows_k_thumbnails_with_labels_of_search(browser, page_server, q
                           data={"top_k": "6"}).json()["results"]
     assert [h["id"] for h in shown] == [r["id"] for r in expected]
     assert [h["label"] for h in shown] == [str(r["label"]) for r in expected]
-    assert all(h["alt"] == f"Gallery item {h['id']}, label {h['label']}" for h in shown)
+    assert [h["shown"] for h in shown] == [r["class_name"] for r in expected] and expected[0]["class_name"]
+    assert all(h["alt"] == f"Gallery item {h['id']}, {h['class_name']} (label {h['label']})" for h in shown)
     _screenshot(browser, tmp_path / "search.png")
 
 
@@ -251,3 +256,107 @@ def test_page_is_labelled_and_fits_a_phone(browser, page_server, query_file, tmp
     assert not browser.execute_script(
         "return [...document.querySelectorAll('script[src], link[href]')].some(e => /^https?:/.test(e.src || e.href)"
         " && !(e.src || e.href).startsWith(location.origin));")
+
+
+def _search(browser, top_k: str) -> None:
+    _fill(browser, "top-k", top_k)
+    browser.find_element(By.ID, "search-button").click()
+
+
+def _hold_requests(browser) -> None:
+    """Requests the page makes from now on wait until _release_requests: what the page shows meanwhile is observable."""
+    browser.execute_script(
+        "const realFetch = window.fetch.bind(window);"
+        "let release; const gate = new Promise(resolve => { release = resolve; });"
+        "window.releaseRequests = release;"
+        "window.fetch = (...args) => gate.then(() => realFetch(...args));")
+
+
+def test_a_new_search_clears_the_previous_results_while_it_waits(browser, page_server, query_file):
+    _open(browser, page_server)
+    _choose(browser, query_file)
+    _search(browser, "6")
+    _wait(browser, lambda d: len(_hits(d, "search-results")) == 6)
+    _hold_requests(browser)
+    _search(browser, "3")
+    assert _hits(browser, "search-results") == []  # cleared at once, before the answer
+    assert not browser.find_element(By.ID, "search-output").is_displayed()
+    browser.execute_script("window.releaseRequests();")
+    _wait(browser, lambda d: len(_hits(d, "search-results")) == 3)
+
+
+def test_an_error_replaces_the_results_instead_of_showing_above_them(browser, page_server, query_file, tmp_path):
+    _open(browser, page_server)
+    _choose(browser, query_file)
+    _search(browser, "6")
+    _wait(browser, lambda d: len(_hits(d, "search-results")) == 6)
+    _search(browser, "100000")  # beyond the API's top_k limit
+    text = _error(browser, "search-error")
+    _screenshot(browser, tmp_path / "search-error.png")
+    assert text.startswith("422 ")
+    assert _hits(browser, "search-results") == []
+    assert not browser.find_element(By.ID, "search-output").is_displayed()
+    _search(browser, "4")  # and the next good answer replaces the error
+    _wait(browser, lambda d: len(_hits(d, "search-results")) == 4)
+    assert not browser.find_element(By.ID, "search-error").is_displayed()
+
+
+def test_a_probe_error_replaces_the_previous_probe(browser, page_server, query_file):
+    _open(browser, page_server)
+    _choose(browser, query_file)
+    _fill(browser, "top-k", "3")
+    _fill(browser, "api-key", API_KEY)
+    _fill(browser, "steps", "2")
+    browser.find_element(By.ID, "probe-button").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "probe-output").is_displayed(), PROBE_WAIT_S)
+    assert len(_hits(browser, "probe-clean-hits")) == 3
+    _fill(browser, "api-key", "not-the-key")
+    browser.find_element(By.ID, "probe-button").click()
+    assert _error(browser, "probe-error").startswith("403 wrong_key")
+    assert not browser.find_element(By.ID, "probe-output").is_displayed()
+    assert _hits(browser, "probe-clean-hits") == [] and _hits(browser, "probe-adversarial-hits") == []
+    browser.execute_script("sessionStorage.clear();")
+
+
+def test_the_page_answers_head_and_has_an_icon_so_its_console_stays_clean(browser, page_server):
+    head = httpx.head(f"{page_server.url}/")
+    icon = httpx.get(f"{page_server.url}/favicon.ico")
+    assert head.status_code == 200 and head.headers["content-type"].startswith("text/html") and head.content == b""
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+    browser.get_log("browser")  # drop what earlier tests left
+    _open(browser, page_server)
+    linked = browser.execute_script("return document.querySelector('link[rel=icon]').href;")
+    assert httpx.get(linked).status_code == 200
+    assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []
+
+
+ROBUSTNESS = {
+    "recall_at_1": 0.83, "map": 0.77, "queries": 256, "date": "2026-12-06T12:00:00Z",
+    "protocols": {"rob28": {"ers": 40.1, "ers_interval": [38.0, 42.1], "attacker": "PGD 32 steps x 1 start"},
+                  "strong": {"ers": 25.3, "ers_interval": [23.0, 27.5], "attacker": "APGD 100 steps x 2 starts"}},
+}
+
+
+@pytest.fixture(scope="module")
+def measured_bundle(artifacts, tmp_path_factory) -> Path:
+    """The test bundle with the robustness summary that `evaluate` records and `export` carries in config.json."""
+    bundle = tmp_path_factory.mktemp("measured") / "bundle"
+    shutil.copytree(artifacts.bundle, bundle)
+    config = json.loads((bundle / "config.json").read_text())
+    (bundle / "config.json").write_text(json.dumps(config | {"robustness": ROBUSTNESS}))
+    write_manifest(bundle, BUNDLE_FILES, model_sha256=sha256_file(bundle / MODEL_FILE))
+    return bundle
+
+
+def test_the_model_panel_shows_each_measured_protocol_or_not_recorded(browser, page_server, make_settings,
+                                                                      measured_bundle, tmp_path):
+    _open(browser, page_server)
+    assert browser.find_element(By.ID, "model-robustness").text == "not recorded"
+    with LiveServer(create_app(make_settings(bundle=measured_bundle, enable_probe=False))) as live:
+        live.wait_ready()
+        _open(browser, live)
+        _screenshot(browser, tmp_path / "robustness.png")
+        lines = browser.find_element(By.ID, "model-robustness").text.splitlines()
+    assert lines == ["ERS (rob28): 40.1 (38.0-42.1), PGD 32 steps x 1 start",
+                     "ERS (strong): 25.3 (23.0-27.5), APGD 100 steps x 2 starts",
+                     "256 queries, measured 2026-12-06"]
