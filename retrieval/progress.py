@@ -94,22 +94,33 @@ class TimeLeftColumn(ProgressColumn):
 
 
 def time_left(task: Task, time_limit_s: float | None = None) -> float | None:
-    """Seconds until `task` completes (None while unknown), from the units done since the bar started."""
+    """Seconds until `task` completes (None while unknown): the units done since the bar started, at the rate
+    measured when the count last changed, less the time since (a bar updated every few iterations counts down)."""
     elapsed = task.elapsed or 0.0
     by_limit = None if time_limit_s is None else max(0.0, time_limit_s - elapsed)
     done = task.completed - task.fields.get("completed_at_start", 0)
-    if task.total is None or done <= 0 or elapsed <= 0:
+    counted_at = task.fields.get("counted_at", elapsed)
+    if task.total is None or done <= 0 or counted_at <= 0:
         return by_limit
-    by_rate = max(0.0, task.total - task.completed) * elapsed / done
+    by_rate = max(0.0, (task.total - task.completed) * counted_at / done - (elapsed - counted_at))
     return by_rate if by_limit is None else min(by_rate, by_limit)
 
 
 class Bar(Progress):
-    """rich's Progress, remembering where each task began so that a resumed run's rate is its own."""
+    """rich's Progress, remembering where each task began (so that a resumed run's rate is its own) and when its
+    count last changed."""
 
     def add_task(self, description: str, start: bool = True, total: float | None = 100.0, completed: int = 0,
                  visible: bool = True, **fields) -> TaskID:
         return super().add_task(description, start, total, completed, visible, completed_at_start=completed, **fields)
+
+    def update(self, task_id: TaskID, **changes) -> None:
+        with self._lock:
+            task = self._tasks[task_id]
+            before = task.completed
+            super().update(task_id, **changes)
+            if task.completed != before:
+                task.fields["counted_at"] = task.elapsed
 
 
 class PlainLines(Bar):

@@ -74,7 +74,7 @@ def test_the_interval_comes_from_the_environment_and_must_be_positive(monkeypatc
             progress_bar(console=log_file()[0])
 
 
-def test_time_left_is_the_rate_since_the_bar_started_capped_by_a_time_limit():
+def test_time_left_is_the_rate_since_the_bar_started_counting_down_capped_by_a_time_limit():
     """A resumed run (starting at 20 of 100) counts only its own units; a time budget ends the run earlier."""
     now = [0.0]
     bar = Bar(get_time=lambda: now[0], disable=True)
@@ -85,6 +85,8 @@ def test_time_left_is_the_rate_since_the_bar_started_capped_by_a_time_limit():
     bar.update(task_id, completed=30)  # 10 units in 10 s: 70 left at 1 unit/s
     assert time_left(task) == pytest.approx(70) and time_left(task, 50) == pytest.approx(40)
     assert time_left(task, 300) == pytest.approx(70)
+    now[0] = 15.0  # no new count yet (a bar updated every few iterations): the time left still counts down
+    assert time_left(task) == pytest.approx(65)
 
 
 def test_evaluation_progress_goes_to_stderr_and_stdout_keeps_only_results(capsys):
