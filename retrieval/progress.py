@@ -131,6 +131,7 @@ class PlainLines(Bar):
         self.interval_s = interval_s
         self._stopped = threading.Event()
         self._writer: threading.Thread | None = None
+        self._written: list[str] = []
 
     def start(self) -> None:
         if self._writer is None:
@@ -143,14 +144,16 @@ class PlainLines(Bar):
             self._stopped.set()
             self._writer.join()
             self._writer = None
-            self.write_lines()
+            if self.lines() != self._written:  # the last interval's lines may already say where it ended
+                self.write_lines()
 
     def lines(self) -> list[str]:
         with self._lock:
             return [self._line(task) for task in self.tasks if task.visible]
 
     def write_lines(self) -> None:
-        for line in self.lines():
+        self._written = self.lines()
+        for line in self._written:
             self.console.out(line, highlight=False)
 
     def _write_every_interval(self) -> None:

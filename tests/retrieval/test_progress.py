@@ -63,6 +63,15 @@ def test_off_a_terminal_the_bar_writes_a_plain_line_every_interval_and_when_it_s
     assert "\x1b" not in out.getvalue()  # no terminal control codes in a log
 
 
+def test_the_end_is_not_written_twice_when_the_last_interval_already_said_it(monkeypatch):
+    monkeypatch.setenv(INTERVAL_ENV, "60")
+    screen, out = log_file()
+    with progress_bar(console=screen) as bar:
+        bar.add_task("index", total=2, completed=2)
+        bar.write_lines()  # as the interval's writer does
+    assert len(out.getvalue().splitlines()) == 1
+
+
 def test_the_interval_comes_from_the_environment_and_must_be_positive(monkeypatch):
     monkeypatch.setenv(INTERVAL_ENV, "2.5")
     assert progress_bar(console=log_file()[0]).interval_s == 2.5
