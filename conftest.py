@@ -86,5 +86,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=MISSING))
 
 
+@pytest.fixture(params=["fp32", "bf16"], ids=["auto-is-fp32", "auto-is-bf16"])
+def auto_precision_as(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once as on a CPU where precision `auto` decides fp32, once as on one where it decides bf16."""
+    from retrieval.pgd import AUTO_PRECISION_VARIABLE
+
+    monkeypatch.setenv(AUTO_PRECISION_VARIABLE, request.param)
+    return request.param
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(CACHE_ROOT, ignore_errors=True)

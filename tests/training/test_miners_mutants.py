@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from retrieval.errors import UserError
 from training.miners import get_miner
@@ -20,18 +19,17 @@ def test_a_bad_batch_is_refused_with_its_shapes(rows, labels, shape):
     assert str(refused.value) == f"miner expects 2N embeddings with 2N labels, got {shape} and {labels} labels"
 
 
-def _near_duplicates() -> torch.Tensor:
-    """Four unit vectors and copies moved by 1e-7: Gram-form squared distances come out slightly negative."""
-    generator = torch.Generator().manual_seed(2)
-    e = F.normalize(torch.randn(4, 16, generator=generator), dim=1)
-    return F.normalize(torch.cat([e, e + 1e-7 * torch.randn(4, 16, generator=generator)]), dim=1)
-
-
 def test_intended_distances_are_clamped_and_reference_distances_keep_the_nan():
-    """docs/method.md#reference-quirks: the reference takes the sqrt of unclamped squared distances."""
-    embeddings, anchors = _near_duplicates(), torch.arange(0, 8, 2)
-    assert not get_miner("R").distances(embeddings, anchors).isnan().any()
-    assert get_miner("R", reference=True).distances(embeddings, anchors).isnan().any()
+    """docs/method.md#reference-quirks: the reference takes the sqrt of unclamped squared distances.
+
+    One-dimensional embeddings a and its float32 successor b: each Gram entry is a single correctly rounded product
+    (no sum a BLAS could order differently), and for this a the Gram form a^2 + b^2 - 2ab rounds below zero on any CPU."""
+    a = torch.tensor(0.7481282949447632)
+    b = torch.nextafter(a, torch.tensor(1.0))
+    assert float(a * a + b * b - 2 * (a * b)) < 0  # negative by rounding, the case the clamp exists for
+    embeddings, anchors = torch.stack([a, b]).reshape(2, 1), torch.tensor([0])
+    assert get_miner("R").distances(embeddings, anchors).tolist() == [[0.0, 0.0]]
+    assert get_miner("R", reference=True).distances(embeddings, anchors)[0, 1].isnan()
 
 
 def test_softhard_negative_farther_than_every_positive_is_not_hard():

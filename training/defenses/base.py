@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from retrieval.pgd import PGDConfig, PGDResult, bf16_is_fast, frozen, pgd, unwrap
+from retrieval.pgd import PGDConfig, PGDResult, auto_precision, frozen, pgd, unwrap
 from retrieval.protocol import protocol_for
 from training.defenses.config import DEFENSES, DefenseConfig
 from training.defenses.notation import format_method
@@ -92,7 +92,7 @@ class Defense:
         """The configured PGD precision, with `auto` resolved for this defense and device."""
         if self.cfg.precision != "auto":
             return self.cfg.precision
-        return "bf16" if self.bf16_safe and not self.cfg.reference and bf16_is_fast(device) else "fp32"
+        return auto_precision(device) if self.bf16_safe and not self.cfg.reference else "fp32"
 
     def attack(self, model: nn.Module, x: torch.Tensor, objective, *, early_stop_tol: float | None = None) -> PGDResult:
         """PGD without random start (docs/method.md#pgd) at this defense's budget, eta steps and precision."""
