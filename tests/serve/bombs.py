@@ -62,9 +62,9 @@ def gif_canvas_bomb(canvas: int = 4096, frame: int = 1) -> bytes:
     return image[:6] + struct.pack("<HH", canvas, canvas) + image[10:]
 
 
-def png_text_bomb(chunks: int = 64, inflated: int = 1 << 20) -> bytes:
-    """A 16x16 PNG with `chunks` zTXt chunks that each inflate to `inflated` bytes (about 1 KB each on the wire):
-    within Pillow's default limits up to 64 of them, 64 MiB of text per image."""
+def png_text_bomb(chunks: int = 72, inflated: int = 1 << 20) -> bytes:
+    """A 16x16 PNG (74 KB) with `chunks` zTXt chunks that each inflate to `inflated` bytes (about 1 KB each on the
+    wire): Pillow's default limits let it inflate 64 MiB of text before refusing it."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -77,3 +77,10 @@ def costly_jpeg(side: int = 2048, scans: int = 54) -> bytes:
     """A progressive JPEG within every cost cap (scans under MAX_JPEG_SCANS, pixels under the 28x28 model's cap) that
     still takes about 0.3 s to decode on one core: what a batch of small files can multiply."""
     return progressive_jpeg_bomb(side, scans)
+
+
+def eps_like(size: int = 10 << 20) -> bytes:
+    """`size` bytes of PostScript comment lines: no allowed format, but Pillow's EPS plugin, tried when every plugin
+    is, reads it line by line in Python for seconds."""
+    head = b"%!PS-Adobe-3.0 EPSF-3.0\n"
+    return head + b"%%Comment: x\n" * ((size - len(head)) // 13)

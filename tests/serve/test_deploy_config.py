@@ -54,3 +54,15 @@ def test_nginx_repeats_the_service_timeouts(directive, field):
 def test_nginx_waits_for_a_probe_longer_than_its_time_limit():
     _, server = _blocks()
     assert _seconds(server["proxy_read_timeout"]) > _default("probe_time_limit_s")
+
+
+def test_nginx_limits_each_client_on_every_route_it_proxies():
+    """Per-client connections at the server level, and a per-client request rate in every location that proxies
+    to the service (a location without one lets a single client spend every worker's decoders)."""
+    text = re.sub(r"#.*", "", CONF.read_text())
+    assert re.search(r"^\s*limit_conn\s+\w+\s+\d+;", text, flags=re.M)
+    locations = re.findall(r"location\s+([^{]*)\{(.*?)\}", text, flags=re.S)
+    proxied = [(where.strip(), body) for where, body in locations if "proxy_pass" in body]
+    assert len(proxied) >= 4
+    for where, body in proxied:
+        assert "limit_req " in body or "deny all" in body, where
