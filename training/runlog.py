@@ -93,6 +93,10 @@ class TrainProgress:
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
+    def count(self, completed: int) -> None:
+        """The iterations done, without new stats (no host sync)."""
+        self._progress.update(self._task, completed=completed)
+
     def update(self, completed: int, stats: dict[str, float], images_per_s: float) -> None:
         self._progress.update(
             self._task,

@@ -148,6 +148,7 @@ class Trainer:
                 plan = self.sampler.epoch(pos.epoch)
                 for images, labels in self.batches.iterate(pos.epoch, plan, start=pos.batch):
                     self._step(images, labels)
+                    self._progress.count(pos.step)  # the step between log records (loss: the last record's mean)
                     over_budget = self._over_budget()
                     if pos.step % cfg.log_every == 0 or pos.step == limit or over_budget:
                         self._log_window()

@@ -114,3 +114,12 @@ def test_training_bar_shows_iterations_loss_hardness_and_speed():
         bar.update(5, {"loss": 0.25, "hardness": float("nan")}, 1234.5)
     line = out.getvalue()
     assert "train" in line and "5/10" in line and "loss 0.2500  H -  1,234 img/s" in line
+
+
+def test_training_lines_count_every_iteration_and_keep_the_last_logged_stats(monkeypatch):
+    monkeypatch.setenv(INTERVAL_ENV, "60")
+    screen, out = log_file()
+    with TrainProgress(10, 0, console=screen, enabled=True) as bar:
+        bar.update(5, {"loss": 0.25}, 100.0)
+        bar.count(7)  # iterations between two log records
+    assert out.getvalue().startswith("train  7/10  (70%)  loss 0.2500  H -  100 img/s")
