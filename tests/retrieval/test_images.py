@@ -15,6 +15,7 @@ from retrieval.errors import UserError
 from retrieval.images import (
     CorruptImage,
     ImageError,
+    ImageTooComplex,
     ImageTooLarge,
     UnsupportedImageFormat,
     decode_image,
@@ -186,3 +187,15 @@ def test_train_transform_crops_and_keeps_shape():
 
 def test_sha256_bytes():
     assert sha256_bytes(b"abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+@pytest.mark.parametrize("chunks, inflated", [(1, 300 << 10), (8, 200 << 10)], ids=["one-chunk", "in-all"])
+def test_png_text_is_capped_far_below_pillows_defaults(chunks, inflated):
+    """Pillow lets one chunk inflate to 1 MiB and all text to 64 MiB; the decoder allows 256 KiB and 1 MiB."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    plain = encode(Image.new("L", (8, 8), 128), "PNG")
+    text = chunk(b"zTXt", b"comment\0\0" + zlib.compress(b"a" * inflated, 9))
+    with pytest.raises(ImageTooComplex, match="metadata"):
+        decode_image(plain[:33] + text * chunks + plain[33:], size=8, channels=1)
