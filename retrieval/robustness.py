@@ -1,6 +1,7 @@
 """Run every ERS attack over a query sample of the test split (docs/method.md#ranking-attacks) and summarise the result.
 
-Gallery = benign embeddings of the whole test split; queries = its first `max_queries` images in test order,
+Gallery = benign embeddings of the whole test split; queries = all of it, or a seeded class-balanced sample of
+`max_queries` images (retrieval/sampling.py; never the first N, which on a class-sorted split are one class),
 attacked in batches. Each value is the mean of per-batch means, as in the reference. Target selection and PGD
 restarts draw from a generator seeded per (seed, attack, batch), so a run is repeatable and its batches do not
 depend on each other. `noise_baseline` also measures every value under uniform random noise of the same budget
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from retrieval.attacks import ATTACKS, attack_config
-from retrieval.attacks.profiles import PROFILES, STRONG_RESTARTS, STRONG_STEPS, protocol
+from retrieval.attacks.profiles import PROFILES, STRONG, protocol
 from retrieval.datasets import ImageDataset
 from retrieval.distances import normalize
 from retrieval.errors import UserError
@@ -24,6 +25,7 @@ from retrieval.metrics import benign_metrics, embed
 from retrieval.pgd import uniform_noise
 from retrieval.progress import tracked
 from retrieval.protocol import protocol_for
+from retrieval.sampling import balanced_subset
 from retrieval.seeding import derive_seed, generator
 
 BENIGN_KEYS = ("R@1", "R@2", "mAP", "mAP@R", "mAP@10", "NMI")
@@ -39,7 +41,7 @@ def evaluate_robustness(
     profile: str | None = None,
     max_queries: int | None = None,
     steps: int | None = None,
-    restarts: int = 0,
+    restarts: int | None = None,
     seed: int = 0,
     reference_quirks: bool = False,
     batch_size: int | None = None,
@@ -51,17 +53,16 @@ def evaluate_robustness(
     """All ten attack values, their normalised scores, ERS (with a bootstrap interval over queries), per-query
     values, benign metrics, the protocol, configuration and timings.
 
-    `profile` defaults to the one of the model's input-size protocol (retrieval.protocol). `strong` raises the
-    attack to at least STRONG_STEPS steps and STRONG_RESTARTS random restarts."""
+    `profile` defaults to the one of the model's input-size protocol (retrieval.protocol). `strong` searches its
+    budget with the strong attacker (APGD with a restart, retrieval/attacks/profiles.py) instead of the published one."""
     labels = _labels(data, labels)
     profile = protocol_for(_input_size(model, data)).profile if profile is None else profile
-    if strong:
-        steps = max(steps or 0, STRONG_STEPS)
-        restarts = max(restarts, STRONG_RESTARTS)
-    cfg = attack_config(profile, steps=steps, restarts=restarts, eps=eps, reference_quirks=reference_quirks)
+    cfg = attack_config(profile, attacker=STRONG if strong else "published", steps=steps, restarts=restarts, eps=eps,
+                        reference_quirks=reference_quirks)
     batch_size = batch_size or PROFILES[profile].batch_size
     if batch_size < 1 or (max_queries is not None and max_queries < 1):
         raise UserError("batch size and --max-queries must be positive")
+    queries = _query_sample(labels, max_queries, seed)
     device = next(model.parameters()).device
     started = time.perf_counter()
 
@@ -74,23 +75,26 @@ def evaluate_robustness(
     attacks = {
         name: cls(gallery, gallery_labels, cfg, torch.Generator(), reference_quirks) for name, cls in ATTACKS.items()
     }
-    n = len(labels) if max_queries is None else min(max_queries, len(labels))
+    n = len(queries)
     starts = range(0, n, batch_size)
     sums = dict.fromkeys(ATTACK_KEYS, 0.0)
     noise_sums = dict.fromkeys(ATTACK_KEYS, 0.0)
     per_query: dict[str, list[float]] = {k: [] for k in ATTACK_KEYS}
     seconds = dict.fromkeys(ATTACKS, 0.0)
+    passes = dict.fromkeys(ATTACKS, 0)
     tasks = len(starts) * len(attacks) * (2 if noise_baseline else 1)
     with tracked("attacks", tasks, enabled=progress) as step:
         for b, start in enumerate(starts):
-            index = torch.arange(start, min(start + batch_size, n))
+            index = queries[start : start + batch_size]
             images = _images(data, index).to(device)
             batch_labels = labels[index].to(device)
             noisy = uniform_noise(images, cfg.eps, generator(seed, "noise", b)) if noise_baseline else None
             for name, attack in attacks.items():
                 tick = time.perf_counter()
                 attack.generator.manual_seed(derive_seed(seed, name, b))
-                _accumulate(sums, attack(model, images, batch_labels).values, per_query)
+                result = attack(model, images, batch_labels)
+                _accumulate(sums, result.values, per_query)
+                passes[name] += result.passes
                 seconds[name] += time.perf_counter() - tick
                 step(description=f"{name} batch {b + 1}/{len(starts)}".ljust(22))
                 if noisy is not None:
@@ -105,9 +109,13 @@ def evaluate_robustness(
         "protocol": protocol(profile, cfg, reference_quirks),
         "strong": strong,
         "config": {
-            "eps": cfg.eps, "alpha": cfg.alpha, "steps": cfg.steps, "restarts": cfg.restarts,
+            "eps": cfg.eps, "alpha": cfg.alpha, "steps": cfg.steps, "restarts": cfg.restarts, "schedule": cfg.schedule,
+            "passes_per_query": {name: passes[name] / len(starts) for name in attacks},
             "best_iterate": cfg.keep_best, "reference_quirks": reference_quirks, "batch_size": batch_size,
             "max_queries": max_queries, "queries": n, "gallery_size": len(labels), "seed": seed,
+            "query_sample": "all, in split order" if max_queries is None or n == len(labels)
+            else f"seeded class-balanced sample (seed {seed})",
+            "query_indices": queries.tolist(),
             "torch_threads": torch.get_num_threads(),
         },
         "benign": {k: benign[k] for k in BENIGN_KEYS if k in benign},
@@ -129,6 +137,13 @@ def evaluate_robustness(
         noise = {k: v / len(starts) for k, v in noise_sums.items()}
         report["noise_baseline"] = {"attacks": noise, "normalized": ers_normalize(noise), "ERS": ers(noise)}
     return report
+
+
+def _query_sample(labels: torch.Tensor, max_queries: int | None, seed: int) -> torch.Tensor:
+    """Indices of the queries to attack: all, else a seeded class-balanced sample (sorted, so batches stay in order)."""
+    if max_queries is None or max_queries >= len(labels):
+        return torch.arange(len(labels))
+    return balanced_subset(labels, max_queries, seed, purpose="queries")
 
 
 def _labels(data: ImageDataset | torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:

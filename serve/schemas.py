@@ -75,6 +75,28 @@ class ProbeResponse(BaseModel):
     took_ms: float
 
 
+class MeasuredERS(BaseModel):
+    """ERS of the served model under one evaluation protocol, as `robust-retrieval evaluate` measured it."""
+
+    ers: float
+    ers_interval: list[float] = Field(description="95% bootstrap interval over the attacked queries.")
+    attacker: str = Field(description="The protocol in words: budget, schedule, steps and starts.")
+    queries: int | None = None
+    seed: int | None = None
+    date: str | None = None
+
+
+class MeasuredRobustness(BaseModel):
+    """What `evaluate` recorded for the served model (carried in its bundle by `export`)."""
+
+    recall_at_1: float | None = None
+    map: float | None = None
+    queries: int | None = None
+    date: str | None = None
+    protocols: dict[str, MeasuredERS] = Field(
+        description="By protocol name: the profile (rob28/rob224, the published 32-step PGD) and/or strong (APGD).")
+
+
 class ModelInfo(BaseModel):
     id: str
     arch: str
@@ -86,6 +108,7 @@ class ModelInfo(BaseModel):
     eps: float | None = None
     recall_at_1: float | None = None
     ers: float | None = None
+    robustness: MeasuredRobustness | None = Field(None, description="Measured ERS per protocol; null if never evaluated.")
 
 
 class IndexInfo(BaseModel):

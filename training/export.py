@@ -26,6 +26,7 @@ from retrieval.jsonfiles import read_json
 from retrieval.protocol import protocol_for
 from training.checkpoint import load_trained
 from training.defenses import DefenseConfig
+from training.evaluate import SUMMARY_FILE
 from training.method import format_method
 from training.models import build_model
 
@@ -71,6 +72,7 @@ def load_torch_model(bundle_dir: str | os.PathLike) -> torch.nn.Module:
 def _bundle_config(model: torch.nn.Module, train_config: dict, run_dir: Path | None) -> dict[str, Any]:
     """The bundle's config.json: model geometry plus the run's method, budget and headline numbers when known."""
     method, eps = _method_and_eps(train_config, int(model.input_size))
+    summary = _optional_json(run_dir, SUMMARY_FILE) or None
     return {
         "arch": train_config["arch"],
         "input_size": int(model.input_size),
@@ -81,6 +83,7 @@ def _bundle_config(model: torch.nn.Module, train_config: dict, run_dir: Path | N
         "eps": eps,
         "R@1": _optional_json(run_dir, "metrics.json").get("R@1"),
         "ERS": _optional_json(run_dir, "robustness.json").get("ERS"),
+        "robustness": summary,
         "opset": OPSET,
     }
 

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset, Subset
 from retrieval.atomic import atomic_write_json
 from retrieval.datasets import ImageDataset, load_dataset
 from retrieval.errors import UserError
+from retrieval.sampling import balanced_subset
 from retrieval.seeding import derive_seed, generator
 from training import distributed
 from training.checkpoint import (
@@ -35,7 +36,7 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.config import TrainConfig
-from training.data import SPC2Sampler, TrainBatches, balanced_subset
+from training.data import SPC2Sampler, TrainBatches
 from training.defenses import build_defense
 from training.models import build_model
 from training.plots import plot_curves

@@ -32,6 +32,8 @@ class AttackResult:
     """Per attacked image, each reported value in table units (percent for ranks and recalls)."""
     targets: torch.Tensor | None
     """Gallery index of each image's chosen target (query, candidate or embedding), if the attack has one."""
+    passes: int = 0
+    """Forward+backward passes over the batch that PGD spent on this result (all plans and restarts)."""
 
     @property
     def value(self) -> torch.Tensor:
@@ -149,7 +151,8 @@ class Attack:
             values = self._measure(model, result.x, batch, plan)
             if trace["before_last"] is not None:
                 values = self.adjust(values, batch, plan, trace["before_last"])
-            best = self._stronger(best, AttackResult(x=result.x, values=values, targets=plan.targets))
+            best = self._stronger(best, AttackResult(x=result.x, values=values, targets=plan.targets,
+                                                     passes=result.passes))
         return best
 
     def measure_perturbed(
@@ -179,7 +182,8 @@ class Attack:
         if targets is not None and other.targets is not None:
             targets = torch.where(better.to(targets.device), other.targets, targets)
         values = {k: torch.where(better, other.values[k], v) for k, v in kept.values.items()}
-        return AttackResult(x=torch.where(rows, other.x, kept.x), values=values, targets=targets)
+        return AttackResult(x=torch.where(rows, other.x, kept.x), values=values, targets=targets,
+                            passes=kept.passes + other.passes)
 
     def _batch(self, model, images, labels, gallery_index_of_self) -> Batch:
         if self.needs_labels and (labels is None or self.gallery_labels is None):

@@ -43,6 +43,7 @@ async def info(request: Request) -> InfoResponse:
         id=engine.model_id, arch=config["arch"], embedding_dim=engine.bundle.embedding_dim,
         input_size=engine.bundle.input_size, channels=engine.bundle.channels, metric=config.get("metric", "N"),
         method=config.get("method"), eps=config.get("eps"), recall_at_1=config.get("R@1"), ers=config.get("ERS"),
+        robustness=config.get("robustness"),
     )
     index = IndexInfo(id=engine.index_id, generation=engine.index_id.rsplit("-", 1)[0], count=engine.count,
                       dim=engine.bundle.embedding_dim,

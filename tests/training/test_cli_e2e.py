@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from training_runs import write_idx
+from training_runs import write_folder, write_idx
 
 from retrieval.ers import ATTACK_KEYS, ers, ers_normalize
 from serve.cli import main
@@ -78,3 +78,43 @@ def test_a_run_without_its_files_is_one_error_line(command, monkeypatch, capsys,
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+
+
+@pytest.mark.slow
+def test_one_evaluate_measures_both_protocols_and_export_carries_them(runs, monkeypatch, tmp_path):
+    run = runs["HM[S,gLGA]"]
+    out = tmp_path / "measured"
+    assert cli(monkeypatch, "evaluate", str(run), *EVALUATE, "--protocols", "rob28,strong", "--out", str(out)) == 0
+    published = json.loads((out / "robustness.json").read_text())
+    strong = json.loads((out / "robustness-strong.json").read_text())
+    assert published["config"]["schedule"] == "fixed" and strong["config"]["schedule"] == "apgd"
+    assert strong["config"]["restarts"] == 1 and strong["config"]["query_indices"] == published["config"]["query_indices"]
+    assert strong["config"]["passes_per_query"]["QA-"] == 2 * 2  # 2 steps x 2 starts
+    summary = json.loads((out / "robustness-summary.json").read_text())
+    assert summary["protocols"]["rob28"]["ers"] == pytest.approx(published["ERS"], abs=0.01)
+    assert summary["protocols"]["strong"]["ers"] == pytest.approx(strong["ERS"], abs=0.01)
+    assert "APGD" in summary["protocols"]["strong"]["attacker"] and summary["queries"] == 12
+
+    copy = tmp_path / "run"  # the run as it would be after evaluating in place
+    copy.mkdir()
+    for item in run.iterdir():
+        if item.is_file():
+            (copy / item.name).write_bytes(item.read_bytes())
+    (copy / "robustness-summary.json").write_bytes((out / "robustness-summary.json").read_bytes())
+    assert cli(monkeypatch, "export", str(copy), "-o", str(tmp_path / "bundle")) == 0
+    carried = json.loads((tmp_path / "bundle" / "config.json").read_text())["robustness"]
+    assert carried == summary
+
+
+def test_a_query_sample_of_a_class_sorted_folder_spans_every_class(monkeypatch, tmp_path):
+    data = write_folder(tmp_path / "folder", per_class=6)
+    run = tmp_path / "run"
+    assert cli(monkeypatch, "train", "--out", str(run), "--dataset", "folder", "--data-root", str(data),
+               "--method", "N/A[R]", "--batch-pairs", "4", "--max-steps", "1", "--device", "cpu",
+               "--num-workers", "0") == 0
+    assert cli(monkeypatch, "evaluate", str(run), "--max-queries", "8", "--steps", "1", "--no-progress",
+               "--device", "cpu") == 0
+    config = json.loads((run / "robustness.json").read_text())["config"]
+    labels = [i // 6 for i in config["query_indices"]]  # the folder lists its test images class by class
+    assert sorted(set(labels)) == [0, 1, 2, 3] and len(config["query_indices"]) == 8
+    assert config["query_sample"].startswith("seeded class-balanced sample")

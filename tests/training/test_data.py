@@ -8,7 +8,8 @@ from training_runs import write_folder
 
 from retrieval.datasets import load_dataset
 from retrieval.errors import UserError
-from training.data import SPC2Sampler, TrainBatches, balanced_subset
+from retrieval.sampling import balanced_subset
+from training.data import SPC2Sampler, TrainBatches
 
 LABELS = torch.tensor([0] * 10 + [1] * 7 + [2] * 2 + [3] * 1)
 
