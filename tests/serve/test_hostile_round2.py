@@ -7,6 +7,7 @@ ones the issue states (/readyz within 1 s while decodes run)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -274,3 +275,16 @@ def test_the_page_is_served_only_at_the_root(http):
     for path in ("/static/index.html", "/static/./index.html", "/static//index.html"):
         assert http.get(path).status_code == 404, path
     assert http.get("/static/app.js").status_code == 200
+
+
+def test_oversized_headers_of_a_pipelined_request_get_431(guarded):
+    """The second request of one write: only the parser sees where its headers start (the refusal may come before
+    the first request's answer is written)."""
+    headers = b"".join(b"X-%d: %s\r\n" % (i, b"v" * 10) for i in range(2_000))
+    with _connect(guarded.url) as sock:
+        sock.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\nGET /livez HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+        received = b""
+        with contextlib.suppress(ConnectionResetError, socket.timeout):
+            while b"431" not in received and (chunk := sock.recv(65536)):
+                received += chunk
+    assert b"HTTP/1.1 431" in received, received[:300]
