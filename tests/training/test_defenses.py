@@ -305,3 +305,20 @@ def test_auto_precision_follows_the_hardware_unless_forced(monkeypatch) -> None:
     monkeypatch.setenv(AUTO_PRECISION_VARIABLE, "fp16")
     with pytest.raises(UserError, match="RR_AUTO_PRECISION must be fp32 or bf16, not 'fp16'"):
         auto_precision(cpu)
+
+
+def test_a_random_start_moves_only_triplets_the_adversary_attacks(batch):
+    """+RS: with step size 0 the adversary's images are its random start, inside the ball; settled triplets stay clean."""
+    model, images, labels = batch
+    eps = 0.05
+    _, _, stats = run("ACT[R]+RS", model, images, labels, alpha=0.0, pgd_steps=2, eps=eps)
+    x0 = copies(images, *replay("R", model, images, labels))[N:]
+    moved = model.inputs[0][N:]
+    assert (moved != x0).flatten(1).any(1).all() and (moved - x0).abs().max() <= eps + 1e-6
+    _, _, stats = run("HM[R,-2]+RS", model, images, labels, eps=eps)  # nothing is below -2: no triplet moves
+    assert stats["perturbed_fraction"] == 0.0 and torch.equal(model.inputs[0], copies(images, *replay("R", model, images, labels)))
+
+
+def test_full_steps_turn_off_hms_early_stop(batch):
+    model, images, labels = batch
+    assert run("HM[R,1.5]+FULL", model, images, labels, pgd_steps=8, eps=0.0)[2]["pgd_steps"] == 8

@@ -95,9 +95,10 @@ class Defense:
         return auto_precision(device) if self.bf16_safe and not self.cfg.reference else "fp32"
 
     def attack(self, model: nn.Module, x: torch.Tensor, objective, *, early_stop_tol: float | None = None) -> PGDResult:
-        """PGD without random start (docs/method.md#pgd) at this defense's budget, eta steps and precision."""
+        """PGD (docs/method.md#pgd) at this defense's budget, eta steps, start and precision."""
         eps, alpha = self.budget(model)
-        cfg = PGDConfig(eps, alpha, self.eta, early_stop_tol=early_stop_tol, precision=self.precision(x.device))
+        cfg = PGDConfig(eps, alpha, self.eta, random_start=self.cfg.random_start, early_stop_tol=early_stop_tol,
+                        precision=self.precision(x.device))
         return pgd(model, x, objective, cfg, generator=self.generator)
 
 

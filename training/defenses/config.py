@@ -34,6 +34,11 @@ class DefenseConfig:
     """ICS weight lambda (0 = off)."""
     pgd_steps: int | None = None
     """Training PGD steps eta; None = the paper's default (32)."""
+    random_start: bool = False
+    """Start the training adversary from a uniform point of the eps-ball instead of the clean image (Madry-style;
+    notation suffix +RS)."""
+    early_stop: bool = True
+    """HM's early stop once the mean objective settles; off, the adversary takes all eta steps (notation +FULL)."""
     eps: float | None = None
     """L-inf budget; None = the training budget of the model's input-size protocol."""
     alpha: float | None = None

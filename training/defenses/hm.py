@@ -106,7 +106,8 @@ class HardnessManipulation(Defense):
         total = moving.numel()
         rows = torch.cat([active, active + total, active + 2 * total])
         sub = x0[rows]
-        tol = EARLY_STOP_TOL * total / active.numel() if self.destination.early_stop else None
+        early_stop = self.destination.early_stop and self.cfg.early_stop
+        tol = EARLY_STOP_TOL * total / active.numel() if early_stop else None
         result = self.attack(model, sub, self.destination.objective(h_destination[active]), early_stop_tol=tol)
         return x0.index_copy(0, rows, result.x), result.steps, result.steps * sub.shape[0]
 

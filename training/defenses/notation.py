@@ -2,7 +2,9 @@
 
 Grammar (spaces ignored):
 
-    METHOD := BASE [ "&ICS" [ "(" LAMBDA ")" ] ]          &ICS alone means lambda = 0.5
+    METHOD := BASE [ "&ICS" [ "(" LAMBDA ")" ] ] [ "+RS" ] [ "+FULL" ]
+                                    &ICS alone means lambda = 0.5; +RS: the adversary starts at a random point of
+                                    the ball; +FULL: HM's adversary takes all eta steps (no early stop)
     BASE   := NOTATION "[" X "]" | NOTATION "[" X "," DEST "]"   each defense's class declares its NOTATION
     DEST   := X | NUMBER in [-2, 2] | "gLGA" | "gB(" X ")"
     X      := R | M | S | D | H                              Random, seMihard, Softhard, Distance, Hardest
@@ -22,13 +24,15 @@ from training.defenses.config import DEFENSES, DefenseConfig, defense_class
 from training.miners import LETTERS
 
 DEFAULT_ICS = 0.5
-METHOD_FIELDS = ("defense", "source", "destination", "ics")
-"""What a method string says, always all four (e.g. "N/A[R]" says: no defense, Random, no destination, no ICS), so a
+METHOD_FIELDS = ("defense", "source", "destination", "ics", "random_start", "early_stop")
+"""What a method string says, always all six (e.g. "N/A[R]" says: no defense, Random, no destination, no ICS, clean
+start, early stop where it applies), so a
 method can restore a default that a preset changed; every other DefenseConfig field is not the notation's to set."""
 
 _PATTERN = re.compile(
     r"(?P<base>[^\[&]+)\[(?P<x>[A-Z])(?:,(?P<dest>[^\]]+))?\]"
     r"(?:&ICS(?:\((?P<ics>[^)]*)\))?(?P<flag>))?"
+    r"(?P<rs>\+RS)?(?P<full>\+FULL)?"
 )
 _BOOST = re.compile(r"g_?B\((?P<x>[A-Z])\)")
 _NAME_TO_LETTER = {name: letter for letter, name in LETTERS.items()}
@@ -38,7 +42,7 @@ def grammar() -> str:
     """The grammar in one line, with the bases of the registered defenses."""
     bases = " | ".join(dict.fromkeys(f"{cls.notation}[X,DEST]" if _shows_destination(cls) else f"{cls.notation}[X]"
                                      for cls in DEFENSES.values()))
-    return (f'METHOD := BASE["&ICS"["(" lambda ")"]]; BASE := {bases}; '
+    return (f'METHOD := BASE["&ICS"["(" lambda ")"]]["+RS"]["+FULL"]; BASE := {bases}; '
             "DEST := X | number in [-2,2] | gLGA | gB(X); X := R|M|S|D|H (e.g. HM[S,gLGA]&ICS)")
 
 
@@ -64,8 +68,13 @@ def parse_method(text: str) -> DefenseConfig:
     ics = _ics(match, text)
     if ics and not defense.ics_applies:
         raise _malformed(text, "ICS needs an adversarial anchor, i.e. HM")
+    if (match["rs"] or match["full"]) and defense.key == "none":
+        raise _malformed(text, "+RS and +FULL change an adversary; N/A has none")
+    if match["full"] and not defense.takes_destination:
+        raise _malformed(text, "+FULL turns off HM's early stop; the other adversaries always take all eta steps")
     return DefenseConfig(
-        defense=defense.key, source=source, destination=destination if defense.takes_destination else None, ics=ics
+        defense=defense.key, source=source, destination=destination if defense.takes_destination else None, ics=ics,
+        random_start=match["rs"] is not None, early_stop=match["full"] is None,
     )
 
 
@@ -80,6 +89,10 @@ def format_method(cfg: DefenseConfig) -> str:
     text = f"{defense.notation}[{inside}]"
     if cfg.ics:
         text += "&ICS" if cfg.ics == DEFAULT_ICS else f"&ICS({cfg.ics:g})"
+    if cfg.random_start:
+        text += "+RS"
+    if not cfg.early_stop and defense.takes_destination:
+        text += "+FULL"
     return text
 
 
