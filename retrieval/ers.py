@@ -36,12 +36,17 @@ HIGHER_IS_MORE_ROBUST: dict[str, bool] = {
 """Which direction of each raw value means a more robust model (the arrows of the paper's tables)."""
 
 
+def normalized_score(key: str, value: float) -> float:
+    """One raw attack value -> its normalised score s_k (higher = more robust)."""
+    return _NORMALISE[key](float(value))
+
+
 def ers_normalize(values: Mapping[str, float]) -> dict[str, float]:
     """Each raw attack value -> its normalised score s_k (higher = more robust)."""
     missing = [k for k in ATTACK_KEYS if k not in values]
     if missing:
         raise UserError(f"ERS needs all ten attack values; missing: {', '.join(missing)}")
-    return {k: f(float(values[k])) for k, f in _NORMALISE.items()}
+    return {k: normalized_score(k, values[k]) for k in ATTACK_KEYS}
 
 
 def ers(values: Mapping[str, float]) -> float:

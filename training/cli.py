@@ -18,7 +18,7 @@ from training.export import export_command
 from training.method import parse_method
 
 RESUMABLE = ("epochs", "max_steps", "time_budget", "device", "num_workers", "log_every", "val_every", "val_subset",
-             "val_batch", "checkpoint_every")
+             "val_batch", "val_attack_queries", "val_attack_steps", "checkpoint_every")
 """Options a resumed run may change; everything else must stay as stored in the run's config.json."""
 
 _FROM_PRESET = "default: from --preset / the model's paper protocol"
@@ -47,6 +47,9 @@ def train(
     val_subset: Optional[int] = typer.Option(None, help="Validate on a seeded class-balanced subset of N test images."),
     val_every: Optional[int] = typer.Option(None, help="Validate every N epochs (and at the end)."),
     val_batch: Optional[int] = typer.Option(None, help="Validation batch size."),
+    val_attack_queries: Optional[int] = typer.Option(
+        None, help="Validation images attacked by APGD (QA-, TMA) as a strong-attack proxy (128; 0 = off)."),
+    val_attack_steps: Optional[int] = typer.Option(None, help="APGD steps of the validation proxy (32)."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Also checkpoint every N iterations."),
     log_every: Optional[int] = typer.Option(None, help="Iterations per log.jsonl training record (10)."),
     num_workers: Optional[int] = typer.Option(None, help="DataLoader workers for folder datasets (4)."),

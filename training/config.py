@@ -62,6 +62,11 @@ class TrainConfig:
     val_every: int = 1
     """Validate every this many epochs (and always at the end)."""
     val_batch: int = 128
+    val_attack_queries: int = 128
+    """Validation also attacks this many seeded validation images with APGD (QA-, TMA): a strong-attack proxy in
+    log.jsonl and metrics.json (0 = off)."""
+    val_attack_steps: int = 32
+    """APGD steps of the validation proxy."""
     time_budget: float | None = None
     """Stop after the iteration that crosses this many seconds of training; with `init`, the seconds that trained
     the init run count too, so a fine-tuned run and a run from scratch get the same budget."""
@@ -95,8 +100,10 @@ class TrainConfig:
         _choice("--model", self.model, MODEL_DEFAULTS)
         _choice("--device", self.device, DEVICES)
         validate_defense(self.defense)
-        for name in ("epochs", "batch_pairs", "val_every", "val_batch", "log_every", "embedding_dim"):
+        for name in ("epochs", "batch_pairs", "val_every", "val_batch", "log_every", "embedding_dim", "val_attack_steps"):
             _positive(name, getattr(self, name))
+        if self.val_attack_queries < 0:
+            raise UserError(f"--val-attack-queries must be >= 0, got {self.val_attack_queries}")
         for name in ("max_steps", "train_subset", "val_subset", "checkpoint_every"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))

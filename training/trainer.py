@@ -228,12 +228,14 @@ class Trainer:
         if self.processes.is_main:
             cfg = self.cfg
             metrics = validate(
-                self.model, self.val_data, self.val_labels, batch_size=cfg.val_batch, num_workers=cfg.num_workers
+                self.model, self.val_data, self.val_labels, batch_size=cfg.val_batch, num_workers=cfg.num_workers,
+                attack_queries=cfg.val_attack_queries, attack_steps=cfg.val_attack_steps,
             )
             record = {"kind": "val", "step": pos.step, "epoch": self._epochs(), **metrics}
             self.validations.append(record)
             self.log.write(record)
-            summary = "  ".join(f"{k} {metrics[k]:.4f}" for k in ("R@1", "R@2", "mAP", "NMI") if k in metrics)
+            summary = "  ".join(f"{k} {metrics[k]:.4f}" for k in ("R@1", "R@2", "mAP", "NMI", "robust_proxy")
+                                if k in metrics)
             self.console.print(f"epoch {record['epoch']:g} step {pos.step}: {summary}")
             if metrics["collapsed"]:
                 warning = (

@@ -118,3 +118,13 @@ def test_a_query_sample_of_a_class_sorted_folder_spans_every_class(monkeypatch, 
     labels = [i // 6 for i in config["query_indices"]]  # the folder lists its test images class by class
     assert sorted(set(labels)) == [0, 1, 2, 3] and len(config["query_indices"]) == 8
     assert config["query_sample"].startswith("seeded class-balanced sample")
+
+
+@pytest.mark.slow
+def test_training_records_the_strong_attack_proxy_in_metrics_and_log(runs):
+    for run in runs.values():
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert 0 <= metrics["robust_proxy"] <= 100 and {"robust_QA-", "robust_TMA"} <= set(metrics)
+        validations = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()
+                       if json.loads(line)["kind"] == "val"]
+        assert validations and all("robust_proxy" in v for v in validations)
