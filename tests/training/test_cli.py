@@ -11,8 +11,8 @@ import pytest
 from training_runs import write_folder, write_idx
 
 from serve.cli import main
-from training.config import PRESETS, build_config
-from training.method import parse_method
+from training.config import PRESETS, PRODUCT_METHOD, build_config
+from training.method import format_method, parse_method
 
 TINY = ["--batch-pairs", "8", "--train-subset", "32", "--val-subset", "16", "--device", "cpu", "--num-workers", "0"]
 
@@ -34,8 +34,16 @@ def test_model_protocol_then_preset_then_explicit_options() -> None:
     assert (c2f2.lr, c2f2.weight_decay, c2f2.batch_pairs, c2f2.epochs, c2f2.defense.pgd_steps) == (
         1e-3, 1e-7, 128, 8, 32)
     quick = build_config({"epochs": 3}, {}, preset="quick")
-    assert (quick.dataset, quick.device, quick.epochs, quick.time_budget, quick.defense.pgd_steps) == (
-        "fashion-mnist", "cpu", 3, 480.0, 32)
+    assert (quick.dataset, quick.device, quick.epochs, quick.max_steps, quick.time_budget, quick.defense.pgd_steps) == (
+        "fashion-mnist", "cpu", 3, 400, None, 32)
+    standard = build_config({}, {}, preset="standard")
+    assert (standard.max_steps, standard.checkpoint_every, standard.time_budget) == (3000, 100, None)
+
+
+@pytest.mark.parametrize("preset", [None, "quick", "standard", "paper"])
+def test_without_a_method_train_trains_the_products_method(preset) -> None:
+    assert format_method(build_config({}, {}, preset=preset).defense) == PRODUCT_METHOD
+    assert build_config({}, {"defense": "act"}, preset=preset).defense.defense == "act"
 
 
 def test_method_sets_the_defense_and_explicit_defense_options_win() -> None:

@@ -148,3 +148,20 @@ def test_two_ddp_processes_end_with_identical_weights(tmp_path, data_root) -> No
     assert len(saved["processes"]) == 2
     assert not torch.equal(saved["processes"][0]["rng"]["defense"], saved["processes"][1]["rng"]["defense"])
     assert json.loads((out / "metrics.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.parametrize("preset", ["quick", "standard"])
+def test_a_preset_run_gives_the_same_model_twice(tmp_path, data_root, preset) -> None:
+    """Presets stop at an iteration count, not on the clock: the same seed gives the same weights on any machine."""
+    from training.config import build_config
+
+    def run(out: Path) -> dict:
+        options = {"out": str(out), "dataset": "mnist", "data_root": str(data_root), "max_steps": 3,
+                   "batch_pairs": 8, "train_subset": 32, "val_subset": 16, "num_workers": 0, "val_attack_queries": 4}
+        cfg = build_config(options, {"pgd_steps": 2}, preset=preset)
+        assert cfg.time_budget is None
+        train(cfg, console=QUIET)
+        return load_checkpoint(out / "checkpoint.pt")["model"]
+
+    first, second = run(tmp_path / "a"), run(tmp_path / "b")
+    assert all(torch.equal(tensor, second[name]) for name, tensor in first.items())
