@@ -53,6 +53,7 @@ class ProbeRequest:
     attack: str
     eps: float
     steps: int
+    schedule: str
     top_k: int
     return_image: bool
     bisection_steps: int
@@ -79,7 +80,7 @@ def run_probe(engine: Engine, image: torch.Tensor, req: ProbeRequest) -> ProbeRe
     clean_emb, _ = engine.embed(image)
     (clean,), _ = engine.search(clean_emb, req.top_k)
     try:
-        x_adv, value = _attack(engine, model, image, req.attack, req.eps, req.steps)
+        x_adv, value = _attack(engine, model, image, req, req.eps, req.steps)
     except ProbeTimeout:
         raise probe_time_limit(req) from None
     adv_emb, _ = engine.embed(x_adv)
@@ -89,7 +90,7 @@ def run_probe(engine: Engine, image: torch.Tensor, req: ProbeRequest) -> ProbeRe
         min_flip_eps=None, grid_step=GRID_STEP, trials=0, steps_per_trial=req.bisection_steps, truncated=False)
     overlap = len({h.id for h in clean} & {h.id for h in adversarial}) / max(1, len(clean))
     return ProbeResponse(
-        attack=req.attack, eps=req.eps, steps=req.steps, top_k=req.top_k,
+        attack=req.attack, eps=req.eps, steps=req.steps, schedule=req.schedule, top_k=req.top_k,
         clean=clean, adversarial=adversarial, top1_changed=changed, overlap_at_k=overlap,
         clean_top1_rank_after=_rank_of(engine, adv_emb, clean[0].id),
         embedding_shift=float(np.linalg.norm(adv_emb[0] - clean_emb[0])),
@@ -106,12 +107,12 @@ def probe_time_limit(req: ProbeRequest) -> ServiceError:
                         "ask for fewer steps")
 
 
-def _attack(engine: Engine, model: nn.Module, image: torch.Tensor, name: str, eps: float, steps: int):
-    """One attack from the engine's registry, its defaults (step size of the model's profile, best iterate kept)."""
-    # few steps must still be able to reach the ball's edge
+def _attack(engine: Engine, model: nn.Module, image: torch.Tensor, req: ProbeRequest, eps: float, steps: int):
+    """One attack from the engine's registry under the request's schedule, best iterate kept (fixed steps: the
+    model's profile step size, raised so that few steps can still reach the ball's edge)."""
     alpha = max(_profile(engine).alpha, 2.5 * eps / max(1, steps))
-    cfg = PGDConfig(eps=eps, alpha=alpha, steps=steps, keep_best=True)
-    attack = get_attack(name)(engine.gallery, None, cfg, generator=torch.Generator().manual_seed(0))
+    cfg = PGDConfig(eps=eps, alpha=alpha, steps=steps, keep_best=True, schedule=req.schedule)
+    attack = get_attack(req.attack)(engine.gallery, None, cfg, generator=torch.Generator().manual_seed(0))
     result = attack(model, image, gallery_index_of_self=torch.tensor([NOT_IN_GALLERY]))
     return result.x, float(result.value[0])
 
@@ -124,7 +125,7 @@ def _smallest_flip(engine: Engine, model: nn.Module, image: torch.Tensor, req: P
     while hi - lo > 1:
         mid = (lo + hi) // 2
         try:
-            x_adv, _ = _attack(engine, model, image, req.attack, mid * GRID_STEP, req.bisection_steps)
+            x_adv, _ = _attack(engine, model, image, req, mid * GRID_STEP, req.bisection_steps)
         except ProbeTimeout:
             truncated = True
             break

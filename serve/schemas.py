@@ -59,6 +59,7 @@ class ProbeResponse(BaseModel):
     attack: str
     eps: float
     steps: int
+    schedule: str = Field(description="apgd (the strong attacker's schedule) or fixed (the published steps).")
     top_k: int
     clean: list[SearchHit]
     adversarial: list[SearchHit]

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 import anyio
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
+from retrieval.pgd import SCHEDULES
 from serve.errors import ServiceError
 from serve.probe import PROBE_ATTACKS, ProbeRequest, default_eps, probe_time_limit, run_probe
 from serve.routes import errors, service
@@ -18,6 +19,7 @@ from serve.uploads import decode_all, read_upload
 
 router = APIRouter(tags=["probe"], route_class=GuardedRoute)
 AttackName = Literal[PROBE_ATTACKS]  # the one list of probe-able attacks, validated and shown in the OpenAPI enum
+Schedule = Literal[SCHEDULES]
 
 
 @router.post("/probe", response_model=ProbeResponse, dependencies=[Depends(probe_enabled), Depends(api_key)],
@@ -29,6 +31,9 @@ async def probe(
     eps: Annotated[float | None, Form(ge=0, le=1, description="L-inf budget; default: the bundle's training eps.")] = None,
     steps: Annotated[int, Form(ge=1, description="PGD steps, at most the server's probe_max_steps (/info limits; "
                                                  "422 too_many_steps beyond).")] = 32,
+    schedule: Annotated[Schedule, Form(description="apgd: the strong attacker's step-size schedule (momentum, halving "
+                                                   "on stalls); fixed: the published protocol's steps of the "
+                                                   "profile's alpha.")] = "apgd",
     top_k: Annotated[int, Form(ge=1, le=100)] = 10,
     return_image: Annotated[bool, Form(description="Include the adversarial image as base64 PNG.")] = False,
 ) -> ProbeResponse:
@@ -43,7 +48,8 @@ async def probe(
     if not state.probe_slots.acquire(blocking=False):
         raise ServiceError(429, "probe_busy", "all probe slots are busy; retry later", headers={"Retry-After": "1"})
     try:
-        req = ProbeRequest(attack=attack, eps=default_eps(engine) if eps is None else eps, steps=steps, top_k=top_k,
+        req = ProbeRequest(attack=attack, eps=default_eps(engine) if eps is None else eps, steps=steps,
+                           schedule=schedule, top_k=top_k,
                            return_image=return_image, bisection_steps=min(steps, settings.probe_bisection_steps),
                            time_limit_s=settings.probe_time_limit_s, deadline=deadline)
         start = time.perf_counter()

@@ -6,6 +6,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from serve.app import create_app, default_loader
 from serve_helpers import API_KEY, LiveServer, png
@@ -71,6 +72,22 @@ def test_probe_flips_top1_of_undefended_model(client, artifacts):
     flip = report["flip"]
     assert flip["min_flip_eps"] is not None and 0 < flip["min_flip_eps"] <= 77 / 255 + 1e-9
     assert report["adversarial_image_png"]
+
+
+@pytest.mark.parametrize("schedule", ["apgd", "fixed"])
+def test_probe_runs_the_schedule_it_was_asked_for(client, artifacts, schedule):
+    response = client.post(
+        "/probe", files={"image": ("q.png", png(artifacts.queries[1]), "image/png")},
+        data={"attack": "QA-", "steps": "8", "top_k": "3", "schedule": schedule}, headers={"X-API-Key": API_KEY})
+    assert response.status_code == 200, response.text
+    assert response.json()["schedule"] == schedule
+
+
+def test_probe_refuses_an_unknown_schedule(client, artifacts):
+    response = client.post(
+        "/probe", files={"image": ("q.png", png(artifacts.queries[1]), "image/png")},
+        data={"attack": "QA-", "steps": "8", "schedule": "adam"}, headers={"X-API-Key": API_KEY})
+    assert response.status_code == 422
 
 
 def test_info_describes_model_and_index(client, artifacts):
