@@ -116,10 +116,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "attack_strength.json")
     args = parser.parse_args()
     use_torch_threads()
-    rows = [measure(run, args.queries, args.seed) for run in args.runs]
-    result = {"queries": args.queries, "seed": args.seed, "threads": torch.get_num_threads(),
-              "attacks": list(ATTACKS), "runs": rows}
-    atomic_write_json(args.out, result)
+    rows = []
+    for run in args.runs:  # written after each run, so a long benchmark that is stopped keeps what it measured
+        rows.append(measure(run, args.queries, args.seed))
+        atomic_write_json(args.out, {"queries": args.queries, "seed": args.seed, "threads": torch.get_num_threads(),
+                                     "attacks": list(ATTACKS), "runs": rows})
     table = markdown(rows)
     atomic_write_text(args.out.with_suffix(".md"), table)
     plot(rows, args.out.with_suffix(".png"))
