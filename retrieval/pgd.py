@@ -142,10 +142,15 @@ def ball(x0: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     return (x0 - eps).clamp_min(0), (x0 + eps).clamp_max(1)
 
 
-def descend(x: torch.Tensor, grad: torch.Tensor, step_size: float, bounds: tuple[torch.Tensor, torch.Tensor]):
-    """One projected sign-gradient step downhill: x - step * sign(grad), clipped into `bounds`."""
+def project(x: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """x clipped into per-pixel `bounds` (see `ball`)."""
     lower, upper = bounds
-    return torch.minimum(torch.maximum(x - step_size * grad.sign(), lower), upper)
+    return torch.minimum(torch.maximum(x, lower), upper)
+
+
+def descend(x: torch.Tensor, grad: torch.Tensor, step_size, bounds: tuple[torch.Tensor, torch.Tensor]):
+    """One projected sign-gradient step downhill: x - step * sign(grad), clipped into `bounds`."""
+    return project(x - step_size * grad.sign(), bounds)
 
 
 def uniform_noise(images: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -227,9 +232,7 @@ def _run_apgd(model, x0, objective, cfg: PGDConfig, random_start: bool, generato
         with torch.no_grad():
             z = descend(x, grad, rows(step_size), bounds)
             if step > 1:  # momentum from the second step on
-                lower, upper = bounds
-                z = x + APGD_MOMENTUM * (z - x) + (1 - APGD_MOMENTUM) * (x - previous_x)
-                z = torch.minimum(torch.maximum(z, lower), upper)
+                z = project(x + APGD_MOMENTUM * (z - x) + (1 - APGD_MOMENTUM) * (x - previous_x), bounds)
             previous_x, x = x, z
         losses, grad = _losses_and_grad(model, x, objective, cfg.precision)
         with torch.no_grad():
