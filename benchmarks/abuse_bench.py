@@ -242,7 +242,7 @@ def _phase(url: str, pid: int, query: bytes, seconds: float, threads: int = 0, a
             "attack_max_s": round(max((s for _, s in log), default=0), 2)}
 
 
-def run(source: Path, seconds: float, workdir: Path, only: str | None) -> dict:
+def run(source: Path, seconds: float, workdir: Path, only: list[str] | None) -> dict:
     art = build_artifacts(workdir)
     query = png(art.queries[0])
     rows = {}
@@ -250,7 +250,7 @@ def run(source: Path, seconds: float, workdir: Path, only: str | None) -> dict:
         _phase(url, pid, query, 3.0)  # warm-up
         rows["idle"] = _phase(url, pid, query, seconds)
         for name, (threads, attack) in _attacks().items():
-            if only and only not in name:
+            if only and not any(part in name for part in only):
                 continue
             rows[name] = _phase(url, pid, query, seconds, threads, attack)
             print(f"{name}: {rows[name]}", flush=True)
@@ -262,7 +262,7 @@ def main() -> None:
     parser.add_argument("--label", default="after", help="Key of this run in the results file.")
     parser.add_argument("--source", type=Path, default=ROOT, help="Source tree whose server to measure.")
     parser.add_argument("--seconds", type=float, default=8.0, help="Duration of each attack.")
-    parser.add_argument("--only", help="Run only the attacks whose name contains this.")
+    parser.add_argument("--only", action="append", help="Run only the attacks whose name contains this (repeatable).")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))  # the 2,000-socket flood, both ends

@@ -61,6 +61,8 @@ class DecodePool:
             raise DecodeTimeLimit("image: decoding took longer than the time limit (its process was stopped)") from None
         except pebble.ProcessExpired as exc:
             raise CorruptImage(f"image: the decoder crashed on this image (exit status {exc.exitcode})") from None
+        finally:  # a raised error's traceback holds this frame: frame -> future -> error would be a cycle that
+            del future  # keeps the request's frames and bytes until a full collection (240 MB a flood)
 
     async def warm(self) -> None:
         """Start every process (and the forkserver) now rather than in the first requests."""

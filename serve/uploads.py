@@ -11,7 +11,8 @@ import torch
 from fastapi import UploadFile
 
 from retrieval.bundle import Bundle
-from retrieval.images import DecodeTimeLimit, ImageError, ImageTooLarge
+from retrieval.images import (ALLOWED_FORMATS, DecodeTimeLimit, ImageError, ImageTooLarge, UnsupportedImageFormat,
+                             sniff_format)
 from retrieval.protocol import protocol_for
 from serve.decoding import DecodePool
 from serve.errors import ServiceError, image_error
@@ -37,7 +38,12 @@ async def decode_all(pool: DecodePool, blobs: list[bytes], bundle: Bundle, setti
                      deadline: float | None = None) -> torch.Tensor:
     """Bytes -> [N, C, H, W] in [0, 1] at the model's input size. The images are decoded one after another, each
     within what the ones before it left of the request's decode_time_limit_s and max_request_pixels (and before
-    `deadline`, if sooner); the first image that fails decides the answer: ImageError becomes 413/415/422."""
+    `deadline`, if sooner); the first image that fails decides the answer: ImageError becomes 413/415/422, and an
+    image that is no allowed format by its first bytes is refused (415) before any is decoded."""
+    for data in blobs:  # here, not only in the decoder: a body refused by its first bytes is never copied there
+        if data and sniff_format(data) is None:  # empty: the decoder's 422, as before
+            raise image_error(UnsupportedImageFormat(f"image: not an image in an allowed format by its first bytes "
+                                                     f"(allowed: {', '.join(sorted(ALLOWED_FORMATS))})"))
     seconds, pixels, cap = settings.decode_time_limit_s, request_pixels(settings, bundle), max_pixels(settings, bundle)
     arrays = []
     for data in blobs:

@@ -155,6 +155,32 @@ def test_rss_returns_to_its_baseline_after_a_flood_of_text_bombs(http, artifacts
     assert _search_ok(http, png(artifacts.queries[0])) == 200
 
 
+def test_rss_returns_to_its_baseline_after_a_flood_of_ten_mib_bodies(http):
+    """Two clients at once, then batches of 3, of 10 MiB bodies with a PNG's first bytes (so they go to the decoding
+    processes, unlike those refused by their first bytes). Each refusal used to stay alive in a reference cycle
+    (serve.decoding) until a full collection: about 240 MB after this flood."""
+    junk = b"\x89PNG\r\n\x1a\n" + bombs.eps_like((10 << 20) - 4096)
+    http.post("/search", files=_files("image", junk, 1))  # warm: the form parser, first-use caches
+    gc.collect()
+    baseline, answers = _rss_mb(), []
+
+    def client() -> None:
+        with httpx.Client(base_url=http.base_url, timeout=TIMEOUT_S, headers=http.headers) as own:
+            answers.extend(own.post("/search", files=_files("image", junk, 1)) for _ in range(8))
+
+    clients = [threading.Thread(target=client) for _ in range(2)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(TIMEOUT_S)
+    answers += [http.post("/search/batch", files=_files("images", junk, 3)) for _ in range(4)]
+    deadline = time.monotonic() + 10  # the trim runs in a thread after the answer
+    while (after := _rss_mb()) > baseline * 1.1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert {r.status_code for r in answers} == {422}
+    assert after <= baseline * 1.1, (baseline, after)
+
+
 # Connections.
 
 def _connect(url: str) -> socket.socket:
