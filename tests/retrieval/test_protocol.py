@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,7 +17,8 @@ from retrieval.protocol import LARGE, SMALL, protocol_for
 from retrieval.robustness import evaluate_robustness
 from serve.probe import default_eps
 from serve.settings import Settings
-from serve.uploads import decode, max_pixels
+from serve.decoding import DecodePool
+from serve.uploads import decode_all, max_pixels
 from training.defenses import DefenseConfig, build_defense
 from training.export import _bundle_config
 
@@ -70,13 +72,20 @@ def _banded_png(side: int = 300) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.fixture(scope="module")
+def decoder():
+    pool = DecodePool(1)
+    yield pool
+    pool.close()
+
+
 @pytest.mark.parametrize("size", [48, 64, 65, 224])
-def test_gallery_and_upload_decoding_follow_the_protocol(size, tmp_path: Path):
+def test_gallery_and_upload_decoding_follow_the_protocol(size, tmp_path: Path, decoder):
     expected = protocol_for(size)
     bundle = SimpleNamespace(input_size=size, channels=1, config={})
     settings = Settings(index=tmp_path / "index")
     gallery = decode_image(_banded_png(), size=size, channels=1)
-    upload = decode(_banded_png(), bundle, settings)[0]
+    upload = asyncio.run(decode_all(decoder, [_banded_png()], bundle, settings))[0]
     assert torch.equal(gallery, upload)
     assert bool(gallery[0, 0].mean() > 0.5) is not expected.crop  # the top row is the band unless cropped away
     assert max_pixels(settings, bundle) == expected.max_pixels
