@@ -22,6 +22,7 @@ from retrieval.atomic import atomic_write_json, atomic_write_text
 from retrieval.attacks import ATTACKS
 from retrieval.datasets import load_dataset
 from retrieval.ers import ATTACK_KEYS, HIGHER_IS_MORE_ROBUST
+from retrieval.jsonfiles import read_json
 from retrieval.robustness import evaluate_robustness
 from retrieval.threads import use_torch_threads
 from training.checkpoint import load_trained
@@ -48,7 +49,8 @@ def measure(run: Path, queries: int, seed: int) -> dict[str, Any]:
     model = trained.model
     data = load_dataset(trained.config.get("dataset", "fashion-mnist"), "test",
                         image_size=model.input_size, channels=model.channels)
-    row: dict[str, Any] = {"run": run.name, "method": trained.config.get("method"), "attackers": {}}
+    method = read_json(run / "metrics.json", "run", missing_ok=True).get("method")  # paper notation, as trained
+    row: dict[str, Any] = {"run": run.name, "method": method, "attackers": {}}
     for name, options in ATTACKERS.items():
         report = evaluate_robustness(model, data, max_queries=queries, seed=seed, progress=False, **options)
         row["attackers"][name] = {
