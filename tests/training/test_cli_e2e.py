@@ -128,3 +128,18 @@ def test_training_records_the_strong_attack_proxy_in_metrics_and_log(runs):
         validations = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()
                        if json.loads(line)["kind"] == "val"]
         assert validations and all("robust_proxy" in v for v in validations)
+
+
+@pytest.mark.parametrize(("protocols", "message"), [
+    ("rob99", "unknown protocol 'rob99'; choose from rob28, rob224, strong"),
+    ("rob28,rob28", "--protocols needs distinct names"),
+])
+def test_an_unknown_or_repeated_protocol_is_one_error_line(runs, monkeypatch, capsys, protocols, message):
+    code = cli(monkeypatch, "evaluate", str(runs["N/A[R]"]), *EVALUATE, "--protocols", protocols)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0]
+
+
+def test_the_reference_protocol_has_no_strong_attacker(runs, monkeypatch, capsys):
+    code = cli(monkeypatch, "evaluate", str(runs["N/A[R]"]), *EVALUATE, "--strong", "--reference-quirks")
+    assert code == 2 and "fixed-step PGD without restarts" in capsys.readouterr().err
