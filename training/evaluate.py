@@ -52,7 +52,8 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: the run directory)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA."),
 ) -> None:
-    """Attack a trained model with the ten ERS attacks and write robustness.json and robustness.md."""
+    """Attack a trained model with the ten ERS attacks under each protocol; write robustness[-strong].json/.md and
+    robustness-summary.json."""
     use_torch_threads()
     trained = load_trained(run)
     model, config, run_dir = trained.model, trained.config, trained.run_dir or trained.checkpoint.parent
