@@ -86,15 +86,18 @@ def test_readyz_answers_within_a_second_while_a_batch_decodes(make_settings, art
 
 def test_a_decode_that_overruns_is_killed_and_its_process_replaced(monkeypatch):
     """The kill is the backstop for a decoder stuck in one call: with no grace at all, the pool's timeout fires
-    before the decoder's own deadline, and the next decode runs in a fresh process."""
-    monkeypatch.setattr(decoding, "KILL_GRACE_S", -4.9)  # pool timeout 0.1 s; the decode needs about 0.3 s
+    before the decoder's own deadline, and the next decode runs in a fresh process. The pool's timeout (20 ms) is
+    far below what the 4000x4000 progressive JPEG takes on any CPU (over a second here), so no CPU is fast enough to
+    finish first."""
+    monkeypatch.setattr(decoding, "KILL_GRACE_S", -4.98)  # pool timeout 0.02 s
 
     async def main():
         pool = DecodePool(1)
         try:
             await pool.warm()
             with pytest.raises(DecodeTimeLimit, match="process was stopped"):
-                await pool.decode(bombs.costly_jpeg(), size=28, channels=1, max_pixels=1 << 24, time_limit_s=5)
+                await pool.decode(bombs.costly_jpeg(side=4000), size=28, channels=1, max_pixels=1 << 24,
+                                  time_limit_s=5)
             pixels, count, _ = await pool.decode(png(Image.new("L", (8, 8), 255)), size=4, channels=1,
                                                  max_pixels=64, time_limit_s=10)
             return pixels, count
