@@ -2,10 +2,14 @@
 
 Gallery = benign embeddings of the whole test split; queries = all of it, or a seeded class-balanced sample of
 `max_queries` images (retrieval/sampling.py; never the first N, which on a class-sorted split are one class),
-attacked in batches. Each value is the mean of per-batch means, as in the reference. Target selection and PGD
-restarts draw from a generator seeded per (seed, attack, batch), so a run is repeatable and its batches do not
-depend on each other. `noise_baseline` also measures every value under uniform random noise of the same budget
-with the same targets, so "far beyond random noise" can be shown.
+attacked in batches. Each value is the mean of per-batch means, as in the reference.
+
+Randomness is tied to the queries, never to a batch's position or the process that attacks it: each query draws its
+targets from its own generator, seeded by (seed, attack, query index), and uniform-noise baseline likewise; PGD's
+restart noise, which the engine draws for a whole batch at once, is seeded by (seed, attack, the batch's query
+indices). Batches are a fixed cut of the sample, so any process attacking a batch gets the values one process gets.
+`noise_baseline` also measures every value under uniform random noise of the same budget with the same targets,
+so "far beyond random noise" can be shown.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 import torch
 from torch import nn
 
-from retrieval.attacks import ATTACKS, attack_config
+from retrieval.attacks import ATTACKS, Attack, attack_config
 from retrieval.attacks.profiles import PROFILES, STRONG, protocol
 from retrieval.datasets import ImageDataset
 from retrieval.distances import normalize
@@ -73,7 +77,8 @@ def evaluate_robustness(
 
     gallery_labels = labels.to(device)
     attacks = {
-        name: cls(gallery, gallery_labels, cfg, torch.Generator(), reference_quirks) for name, cls in ATTACKS.items()
+        name: _per_query_targets(cls)(gallery, gallery_labels, cfg, torch.Generator(), reference_quirks)
+        for name, cls in ATTACKS.items()
     }
     n = len(queries)
     starts = range(0, n, batch_size)
@@ -88,17 +93,17 @@ def evaluate_robustness(
             index = queries[start : start + batch_size]
             images = _images(data, index).to(device)
             batch_labels = labels[index].to(device)
-            noisy = uniform_noise(images, cfg.eps, generator(seed, "noise", b)) if noise_baseline else None
+            noisy = _per_query_noise(images, index, cfg.eps, seed) if noise_baseline else None
             for name, attack in attacks.items():
                 tick = time.perf_counter()
-                attack.generator.manual_seed(derive_seed(seed, name, b))
+                attack.seed_queries(seed, index)
                 result = attack(model, images, batch_labels)
                 _accumulate(sums, result.values, per_query)
                 passes[name] += result.passes
                 seconds[name] += time.perf_counter() - tick
                 step(description=f"{name} batch {b + 1}/{len(starts)}".ljust(22))
                 if noisy is not None:
-                    attack.generator.manual_seed(derive_seed(seed, name, b))  # same targets as the attack
+                    attack.seed_queries(seed, index)  # same targets as the attack
                     _accumulate(noise_sums, attack.measure_perturbed(model, images, noisy, batch_labels).values)
                     step(description=f"{name} noise {b + 1}/{len(starts)}".ljust(22))
 
@@ -137,6 +142,35 @@ def evaluate_robustness(
         noise = {k: v / len(starts) for k, v in noise_sums.items()}
         report["noise_baseline"] = {"attacks": noise, "normalized": ers_normalize(noise), "ERS": ers(noise)}
     return report
+
+
+class _PerQueryTargets(Attack):
+    """An attack whose targets are drawn per query (Attack._draw is the one place targets are drawn)."""
+
+    query_generators: list[torch.Generator] = []
+
+    def seed_queries(self, seed: int, queries: torch.Tensor) -> None:
+        """Before attacking `queries` (their indices in the split): one target generator per query, and the batch's
+        restart-noise generator from all of their indices."""
+        indices = queries.tolist()
+        self.query_generators = [generator(seed, self.name, "targets", q) for q in indices]
+        self.generator.manual_seed(derive_seed(seed, self.name, "restarts", *indices))
+
+    def _draw(self, high: int, size: int) -> torch.Tensor:
+        if size != len(self.query_generators):
+            raise RuntimeError(f"{self.name}: {size} targets asked for {len(self.query_generators)} seeded queries")
+        draws = [torch.randint(high, (1,), generator=g) for g in self.query_generators]
+        return torch.cat(draws).to(self.gallery.device)
+
+
+def _per_query_targets(cls: type[Attack]) -> type[_PerQueryTargets]:
+    return type(cls.__name__, (_PerQueryTargets, cls), {})
+
+
+def _per_query_noise(images: torch.Tensor, queries: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
+    """The uniform-noise baseline's perturbation, each query's from its own seed."""
+    return torch.cat([uniform_noise(images[i : i + 1], eps, generator(seed, "noise", int(q)))
+                      for i, q in enumerate(queries)])
 
 
 def _query_sample(labels: torch.Tensor, max_queries: int | None, seed: int) -> torch.Tensor:

@@ -39,7 +39,7 @@ def evaluate(
     steps: Optional[int] = typer.Option(None, min=0, help="PGD steps (default: the attacker's: 32, strong 100)."),
     restarts: Optional[int] = typer.Option(
         None, min=0, help="Extra random-start runs (default: the attacker's: 0, strong 1); each item keeps its strongest."),
-    seed: int = typer.Option(0, help="Seed of target selection and restarts (per attack and batch)."),
+    seed: int = typer.Option(0, help="Seed of target selection (per attack and query) and restart noise."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Queries per batch (128 at 28x28, 112 at 224x224)."),
     reference_quirks: bool = typer.Option(False, "--reference-quirks",
                                           help="Reference GTM target index, LTM self entry, ES:D timing, last iterate."),

@@ -10,7 +10,7 @@ from retrieval.datasets import load_dataset
 from retrieval.distances import normalize
 from retrieval.errors import UserError
 from retrieval.ers import ATTACK_KEYS, ers
-from retrieval.robustness import evaluate_robustness
+from retrieval.robustness import _per_query_noise, evaluate_robustness
 
 
 class LinearEmbedder(nn.Module):
@@ -33,7 +33,8 @@ def setup():
 
 def evaluate(setup, **options):
     model, images, labels = setup
-    return evaluate_robustness(model, images, labels, max_queries=30, steps=2, batch_size=16, progress=False, **options)
+    options = {"max_queries": 30, "steps": 2, "batch_size": 16, **options}
+    return evaluate_robustness(model, images, labels, progress=False, **options)
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +68,15 @@ def test_bad_inputs_are_user_errors(setup) -> None:
         evaluate_robustness(model, images, labels[:10], progress=False)
     with pytest.raises(UserError):
         evaluate(setup, restarts=1, reference_quirks=True)
+
+
+def test_a_querys_targets_and_values_do_not_depend_on_its_batch(setup, report) -> None:
+    """Targets are drawn per query (seed, attack, query index): cutting the sample into other batches changes nothing."""
+    assert evaluate(setup, seed=5, batch_size=7)["per_query"] == report["per_query"]
+
+
+def test_a_querys_baseline_noise_does_not_depend_on_its_batch(setup) -> None:
+    _, images, _ = setup
+    together = _per_query_noise(images[:3], torch.tensor([40, 41, 42]), 0.3, seed=5)
+    alone = _per_query_noise(images[2:3], torch.tensor([42]), 0.3, seed=5)
+    assert torch.equal(together[2:], alone) and not torch.equal(together[1], together[2])
