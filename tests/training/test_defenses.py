@@ -319,6 +319,19 @@ def test_a_random_start_moves_only_triplets_the_adversary_attacks(batch):
     assert stats["perturbed_fraction"] == 0.0 and torch.equal(model.inputs[0], copies(images, *replay("R", model, images, labels)))
 
 
+def test_the_apgd_adversary_searches_the_whole_ball_with_all_its_steps(batch):
+    """+APGD: the first step is 2 eps, so a fixed-step adversary of tiny alpha stays near the clean images while APGD
+    reaches the edge of the ball, and it takes all eta steps (no early stop)."""
+    model, images, labels = batch
+    eps = 0.1
+    _, _, fixed = run("HM[R,1.5]", model, images, labels, alpha=1e-3, pgd_steps=4, eps=eps)
+    reach = (model.inputs[0] - copies(images, *replay("R", model, images, labels))).abs().amax()
+    assert reach <= 4 * 1e-3 + 1e-6
+    _, _, stats = run("HM[R,1.5]+APGD", model, images, labels, alpha=1e-3, pgd_steps=4, eps=eps)
+    reach = (model.inputs[0] - copies(images, *replay("R", model, images, labels))).abs().amax()
+    assert reach == pytest.approx(eps, abs=1e-6) and stats["pgd_steps"] == 4
+
+
 def test_full_steps_turn_off_hms_early_stop(batch):
     model, images, labels = batch
     assert run("HM[R,1.5]+FULL", model, images, labels, pgd_steps=8, eps=0.0)[2]["pgd_steps"] == 8

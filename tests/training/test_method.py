@@ -97,25 +97,27 @@ def test_a_defense_is_one_class_that_validation_notation_and_build_read(new_defe
 
 
 def test_the_notation_says_only_the_method_fields():
-    """A method string sets defense, miner, destination, ICS and the adversary's start and early stop, all six always;
-    nothing else (presets keep eta)."""
+    """A method string sets defense, miner, destination, ICS and the adversary's start, early stop and schedule, all
+    seven always; nothing else (presets keep eta)."""
     assert said(parse_method("N/A[R]")) == {"defense": "none", "source": "random", "destination": None, "ics": 0.0,
-                                           "random_start": False, "early_stop": True}
+                                           "random_start": False, "early_stop": True, "schedule": "fixed"}
     assert parse_method("HM[S,gLGA]&ICS") == DefenseConfig(defense="hm", source="softhard", destination="lga", ics=0.5)
 
 
-@pytest.mark.parametrize(("text", "random_start", "early_stop"), [
-    ("HM[S,gLGA]&ICS+RS", True, True), ("HM[S,gLGA]&ICS+RS+FULL", True, False), ("HM[S,gLGA]+FULL", False, False),
-    ("ACT[R]+RS", True, True),
+@pytest.mark.parametrize(("text", "random_start", "early_stop", "schedule"), [
+    ("HM[S,gLGA]&ICS+RS", True, True, "fixed"), ("HM[S,gLGA]&ICS+RS+FULL", True, False, "fixed"),
+    ("HM[S,gLGA]+FULL", False, False, "fixed"), ("ACT[R]+RS", True, True, "fixed"),
+    ("HM[S,2]&ICS+RS+APGD", True, True, "apgd"), ("ACT[R]+APGD", False, True, "apgd"),
 ])
-def test_the_adversary_suffixes_round_trip(text, random_start, early_stop):
+def test_the_adversary_suffixes_round_trip(text, random_start, early_stop, schedule):
     cfg = parse_method(text)
-    assert (cfg.random_start, cfg.early_stop) == (random_start, early_stop)
+    assert (cfg.random_start, cfg.early_stop, cfg.schedule) == (random_start, early_stop, schedule)
     assert format_method(cfg) == text
 
 
 @pytest.mark.parametrize(("text", "why"), [("N/A[R]+RS", "N/A has none"), ("ACT[R]+FULL", "always take all eta"),
-                                           ("HM[R,2]+FULL", "always take all eta")])
+                                           ("HM[R,2]+FULL", "always take all eta"), ("N/A[R]+APGD", "N/A has none"),
+                                           ("HM[S,gLGA]+FULL+APGD", "says nothing more")])
 def test_suffixes_that_change_nothing_are_refused(text, why):
     with pytest.raises(UserError, match=why):
         parse_method(text)

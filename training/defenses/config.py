@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from retrieval.errors import UserError
+from retrieval.pgd import SCHEDULES
 from training.miners import LETTERS, MINERS
 
 if TYPE_CHECKING:
@@ -39,6 +40,9 @@ class DefenseConfig:
     notation suffix +RS)."""
     early_stop: bool = True
     """HM's early stop once the mean objective settles; off, the adversary takes all eta steps (notation +FULL)."""
+    schedule: str = "fixed"
+    """How the training adversary steps: 'fixed' (eta sign steps of alpha) or 'apgd' (APGD's step size, from 2 eps
+    and halved when progress stalls, with momentum; eta steps, no early stop; notation +APGD)."""
     eps: float | None = None
     """L-inf budget; None = the training budget of the model's input-size protocol."""
     alpha: float | None = None
@@ -89,5 +93,9 @@ def validate(cfg: DefenseConfig) -> None:
             raise UserError(f"{name} must lie in [0, 1] (images are in [0, 1]), got {value:g}")
     if cfg.margin < 0 or cfg.lga_u <= 0:
         raise UserError("margin must be >= 0 and the LGA clip u must be > 0")
+    if cfg.schedule not in SCHEDULES:
+        raise UserError(f"PGD schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    if cfg.schedule == "apgd" and cfg.reference:
+        raise UserError("the APGD training adversary is not the reference's; drop +APGD or --reference-quirks")
     if cfg.precision not in ("auto", "fp32", "bf16"):
         raise UserError(f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")

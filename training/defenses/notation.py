@@ -2,9 +2,10 @@
 
 Grammar (spaces ignored):
 
-    METHOD := BASE [ "&ICS" [ "(" LAMBDA ")" ] ] [ "+RS" ] [ "+FULL" ]
+    METHOD := BASE [ "&ICS" [ "(" LAMBDA ")" ] ] [ "+RS" ] [ "+FULL" ] [ "+APGD" ]
                                     &ICS alone means lambda = 0.5; +RS: the adversary starts at a random point of
-                                    the ball; +FULL: HM's adversary takes all eta steps (no early stop)
+                                    the ball; +FULL: HM's adversary takes all eta steps (no early stop); +APGD: the
+                                    adversary steps with APGD's adaptive step size (all eta steps)
     BASE   := NOTATION "[" X "]" | NOTATION "[" X "," DEST "]"   each defense's class declares its NOTATION
     DEST   := X | NUMBER in [-2, 2] | "gLGA" | "gB(" X ")"
     X      := R | M | S | D | H                              Random, seMihard, Softhard, Distance, Hardest
@@ -24,15 +25,15 @@ from training.defenses.config import DEFENSES, DefenseConfig, defense_class
 from training.miners import LETTERS
 
 DEFAULT_ICS = 0.5
-METHOD_FIELDS = ("defense", "source", "destination", "ics", "random_start", "early_stop")
-"""What a method string says, always all six (e.g. "N/A[R]" says: no defense, Random, no destination, no ICS, clean
-start, early stop where it applies), so a
+METHOD_FIELDS = ("defense", "source", "destination", "ics", "random_start", "early_stop", "schedule")
+"""What a method string says, always all seven (e.g. "N/A[R]" says: no defense, Random, no destination, no ICS, clean
+start, early stop where it applies, fixed steps), so a
 method can restore a default that a preset changed; every other DefenseConfig field is not the notation's to set."""
 
 _PATTERN = re.compile(
     r"(?P<base>[^\[&]+)\[(?P<x>[A-Z])(?:,(?P<dest>[^\]]+))?\]"
     r"(?:&ICS(?:\((?P<ics>[^)]*)\))?(?P<flag>))?"
-    r"(?P<rs>\+RS)?(?P<full>\+FULL)?"
+    r"(?P<rs>\+RS)?(?P<full>\+FULL)?(?P<apgd>\+APGD)?"
 )
 _BOOST = re.compile(r"g_?B\((?P<x>[A-Z])\)")
 _NAME_TO_LETTER = {name: letter for letter, name in LETTERS.items()}
@@ -42,7 +43,7 @@ def grammar() -> str:
     """The grammar in one line, with the bases of the registered defenses."""
     bases = " | ".join(dict.fromkeys(f"{cls.notation}[X,DEST]" if _shows_destination(cls) else f"{cls.notation}[X]"
                                      for cls in DEFENSES.values()))
-    return (f'METHOD := BASE["&ICS"["(" lambda ")"]]["+RS"]["+FULL"]; BASE := {bases}; '
+    return (f'METHOD := BASE["&ICS"["(" lambda ")"]]["+RS"]["+FULL"]["+APGD"]; BASE := {bases}; '
             "DEST := X | number in [-2,2] | gLGA | gB(X); X := R|M|S|D|H (e.g. HM[S,gLGA]&ICS)")
 
 
@@ -68,13 +69,16 @@ def parse_method(text: str) -> DefenseConfig:
     ics = _ics(match, text)
     if ics and not defense.ics_applies:
         raise _malformed(text, "ICS needs an adversarial anchor, i.e. HM")
-    if (match["rs"] or match["full"]) and defense.key == "none":
-        raise _malformed(text, "+RS and +FULL change an adversary; N/A has none")
+    if (match["rs"] or match["full"] or match["apgd"]) and defense.key == "none":
+        raise _malformed(text, "+RS, +FULL and +APGD change an adversary; N/A has none")
     if match["full"] and not defense.takes_destination:
         raise _malformed(text, "+FULL turns off HM's early stop; the other adversaries always take all eta steps")
+    if match["full"] and match["apgd"]:
+        raise _malformed(text, "+APGD always takes all eta steps; +FULL says nothing more")
     return DefenseConfig(
         defense=defense.key, source=source, destination=destination if defense.takes_destination else None, ics=ics,
         random_start=match["rs"] is not None, early_stop=match["full"] is None,
+        schedule="apgd" if match["apgd"] else "fixed",
     )
 
 
@@ -91,8 +95,10 @@ def format_method(cfg: DefenseConfig) -> str:
         text += "&ICS" if cfg.ics == DEFAULT_ICS else f"&ICS({cfg.ics:g})"
     if cfg.random_start:
         text += "+RS"
-    if not cfg.early_stop and defense.takes_destination:
+    if not cfg.early_stop and defense.takes_destination and cfg.schedule != "apgd":
         text += "+FULL"
+    if cfg.schedule == "apgd":
+        text += "+APGD"
     return text
 
 
