@@ -14,14 +14,17 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
+from retrieval.atomic import atomic_path, atomic_write_json
 from retrieval.datasets import ImageDataset
 from retrieval.embedder import OnnxEmbedder
 from retrieval.errors import UserError
 from retrieval.images import ImageError, eval_transform, is_image_file, open_image, sha256_bytes
 from retrieval.index import metadata_table
-from retrieval.thumbnails import encode, encode_pixels
+from retrieval.jsonfiles import read_json
+from retrieval.thumbnails import Thumbnails, encode, encode_pixels
 
 Progress = Callable[[int], None]
 
@@ -43,6 +46,35 @@ class GalleryItems:
     thumbnails: list[bytes] | None = None
     """One encoded preview per kept item when asked for, else None."""
 
+    def write(self, directory: Path) -> None:
+        """One process's share of an `index` run, as files for rank 0 to join (retrieval.index_command)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        with atomic_path(directory / "vectors.npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, self.vectors, allow_pickle=False)
+        with atomic_path(directory / "metadata.parquet") as tmp:
+            pq.write_table(self.metadata, tmp)
+        if self.thumbnails is not None:
+            Thumbnails.from_items(self.thumbnails).write(directory)
+        atomic_write_json(directory / "items.json", {"skipped": [[s.source, s.reason] for s in self.skipped],
+                                                     "already_indexed": self.already_indexed,
+                                                     "thumbnails": self.thumbnails is not None})
+
+    @classmethod
+    def read(cls, directory: Path) -> GalleryItems:
+        facts = read_json(directory / "items.json", "index shard")  # written last: the shard is complete
+        previews = Thumbnails.load(directory) if facts["thumbnails"] else None
+        return cls(np.load(directory / "vectors.npy", allow_pickle=False), pq.read_table(directory / "metadata.parquet"),
+                   [Skipped(*pair) for pair in facts["skipped"]], facts["already_indexed"],
+                   None if previews is None else [previews.get(i) for i in range(len(previews))])
+
+    @classmethod
+    def joined(cls, parts: Sequence[GalleryItems]) -> GalleryItems:
+        """The parts one after another, as one process would have produced them."""
+        previews = [p.thumbnails for p in parts]
+        return cls(np.concatenate([p.vectors for p in parts]), pa.concat_tables([p.metadata for p in parts]),
+                   [s for p in parts for s in p.skipped], sum(p.already_indexed for p in parts),
+                   None if previews[0] is None else [t for part in previews for t in part])
+
 
 def image_files(directory: str | Path) -> list[Path]:
     """Every image file below `directory` (recursive, by suffix, hidden files excluded), in a stable order."""
@@ -60,26 +92,29 @@ def embed_dataset(
     known_sha256: frozenset[str] = frozenset(),
     progress: Progress | None = None,
     thumbnails: bool = False,
+    part: range | None = None,
 ) -> GalleryItems:
-    """Embed a whole split; labels and their names come from the dataset, sources from dataset.source(i)."""
+    """Embed a whole split, or the items in `part` (a process's share under torchrun); labels and their names come
+    from the dataset, sources from dataset.source(i)."""
+    part = range(len(dataset)) if part is None else part
     images = dataset.tensors()
-    labels = dataset.labels.tolist()
-    names = [dataset.class_name(label) for label in labels]
+    labels = dict(zip(part, dataset.labels[part.start : part.stop].tolist()))
+    names = {i: dataset.class_name(label) for i, label in labels.items()}
     if images is None:  # file-backed: go through the same checked path as --images
-        sources = [dataset.source(i) for i in range(len(dataset))]
-        return embed_files(sources, embedder, labels=labels, class_names=names, strict=strict,
-                           known_sha256=known_sha256, progress=progress, thumbnails=thumbnails)
-    pixels = images.mul(255).round_().to(torch.uint8)
-    hashes = [sha256_bytes(p.numpy().tobytes()) for p in pixels]
-    keep = [i for i, h in enumerate(hashes) if h not in known_sha256]
-    if progress and len(keep) < len(dataset):
-        progress(len(dataset) - len(keep))
+        sources = [dataset.source(i) for i in part]
+        return embed_files(sources, embedder, labels=list(labels.values()), class_names=list(names.values()),
+                           strict=strict, known_sha256=known_sha256, progress=progress, thumbnails=thumbnails)
+    pixels = images[part.start : part.stop].mul(255).round_().to(torch.uint8)
+    hashes = {i: sha256_bytes(p.numpy().tobytes()) for i, p in zip(part, pixels)}
+    keep = [i for i in part if hashes[i] not in known_sha256]
+    if progress and len(keep) < len(part):
+        progress(len(part) - len(keep))
     step = embedder.batch_size
     vectors = _embed_batches(embedder, (images[keep[s : s + step]] for s in range(0, len(keep), step)), progress)
     metadata = metadata_table([dataset.source(i) for i in keep], [hashes[i] for i in keep], [labels[i] for i in keep],
                               [names[i] for i in keep])
-    previews = [encode_pixels(pixels[i].numpy()) for i in keep] if thumbnails else None
-    return GalleryItems(vectors, metadata, already_indexed=len(dataset) - len(keep), thumbnails=previews)
+    previews = [encode_pixels(pixels[i - part.start].numpy()) for i in keep] if thumbnails else None
+    return GalleryItems(vectors, metadata, already_indexed=len(part) - len(keep), thumbnails=previews)
 
 
 def embed_files(

@@ -15,6 +15,7 @@ so "far beyond random noise" can be shown.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -23,6 +24,7 @@ from retrieval.attacks import ATTACKS, Attack, attack_config
 from retrieval.attacks.profiles import PROFILES, STRONG, protocol
 from retrieval.datasets import ImageDataset
 from retrieval.distances import normalize
+from retrieval.distributed import Processes
 from retrieval.errors import UserError
 from retrieval.ers import ATTACK_KEYS, ers, ers_interval, ers_normalize
 from retrieval.metrics import benign_metrics, embed
@@ -53,12 +55,15 @@ def evaluate_robustness(
     noise_baseline: bool = False,
     eps: float | None = None,
     strong: bool = False,
-) -> dict:
+    processes: Processes | None = None,
+) -> dict | None:
     """All ten attack values, their normalised scores, ERS (with a bootstrap interval over queries), per-query
     values, benign metrics, the protocol, configuration and timings.
 
     `profile` defaults to the one of the model's input-size protocol (retrieval.protocol). `strong` searches its
-    budget with the strong attacker (APGD with a restart, retrieval/attacks/profiles.py) instead of the published one."""
+    budget with the strong attacker (APGD with a restart, retrieval/attacks/profiles.py) instead of the published one.
+    Under torchrun (`processes`) each process attacks its part of the batches; rank 0 gathers them and returns the
+    report one process would, the others None."""
     labels = _labels(data, labels)
     profile = protocol_for(_input_size(model, data)).profile if profile is None else profile
     cfg = attack_config(profile, attacker=STRONG if strong else "published", steps=steps, restarts=restarts, eps=eps,
@@ -68,11 +73,12 @@ def evaluate_robustness(
         raise UserError("batch size and --max-queries must be positive")
     queries = _query_sample(labels, max_queries, seed)
     device = next(model.parameters()).device
+    processes = processes or Processes(rank=0, world_size=1, device=device)
     started = time.perf_counter()
 
     gallery = normalize(embed(model, data, batch_size=256)).to(device)
     embed_s = time.perf_counter() - started
-    benign = {k: 100.0 * v for k, v in benign_metrics(gallery.cpu(), labels).items()}
+    benign = {k: 100.0 * v for k, v in benign_metrics(gallery.cpu(), labels).items()} if processes.is_main else {}
     benign_s = time.perf_counter() - started - embed_s
 
     gallery_labels = labels.to(device)
@@ -82,30 +88,36 @@ def evaluate_robustness(
     }
     n = len(queries)
     starts = range(0, n, batch_size)
-    sums = dict.fromkeys(ATTACK_KEYS, 0.0)
-    noise_sums = dict.fromkeys(ATTACK_KEYS, 0.0)
-    per_query: dict[str, list[float]] = {k: [] for k in ATTACK_KEYS}
-    seconds = dict.fromkeys(ATTACKS, 0.0)
-    passes = dict.fromkeys(ATTACKS, 0)
-    tasks = len(starts) * len(attacks) * (2 if noise_baseline else 1)
-    with tracked("attacks", tasks, enabled=progress) as step:
-        for b, start in enumerate(starts):
-            index = queries[start : start + batch_size]
+    mine = processes.part(len(starts))
+    done: list[_BatchValues] = []
+    tasks = len(mine) * len(attacks) * (2 if noise_baseline else 1)
+    with tracked("attacks", tasks, enabled=progress and processes.is_main) as step:
+        for b in mine:
+            index = queries[starts[b] : starts[b] + batch_size]
             images = _images(data, index).to(device)
             batch_labels = labels[index].to(device)
             noisy = _per_query_noise(images, index, cfg.eps, seed) if noise_baseline else None
+            batch = _BatchValues()
             for name, attack in attacks.items():
                 tick = time.perf_counter()
                 attack.seed_queries(seed, index)
                 result = attack(model, images, batch_labels)
-                _accumulate(sums, result.values, per_query)
-                passes[name] += result.passes
-                seconds[name] += time.perf_counter() - tick
+                batch.add(result.values, batch.means, keep=True)
+                batch.passes[name] = result.passes
+                batch.seconds[name] = time.perf_counter() - tick
                 step(description=f"{name} batch {b + 1}/{len(starts)}".ljust(22))
                 if noisy is not None:
                     attack.seed_queries(seed, index)  # same targets as the attack
-                    _accumulate(noise_sums, attack.measure_perturbed(model, images, noisy, batch_labels).values)
+                    batch.add(attack.measure_perturbed(model, images, noisy, batch_labels).values, batch.noise_means)
                     step(description=f"{name} noise {b + 1}/{len(starts)}".ljust(22))
+            done.append(batch)
+    batches = [batch for part in processes.gather(done) for batch in part]  # rank order is batch order
+    if not processes.is_main:
+        return None
+    sums, noise_sums = _sum_means(batches, "means"), _sum_means(batches, "noise_means")
+    per_query = {k: [v for batch in batches for v in batch.per_query[k]] for k in ATTACK_KEYS}
+    seconds = {name: sum(batch.seconds[name] for batch in batches) for name in attacks}
+    passes = {name: sum(batch.passes[name] for batch in batches) for name in attacks}
 
     values = {k: v / len(starts) for k, v in sums.items()}
     low, high = ers_interval(per_query, seed=seed) if n > 1 else (float("nan"), float("nan"))
@@ -122,6 +134,7 @@ def evaluate_robustness(
             else f"seeded class-balanced sample (seed {seed})",
             "query_indices": queries.tolist(),
             "torch_threads": torch.get_num_threads(),
+            "processes": processes.world_size,
         },
         "benign": {k: benign[k] for k in BENIGN_KEYS if k in benign},
         "attacks": values,
@@ -207,13 +220,31 @@ def _images(data: ImageDataset | torch.Tensor, index: torch.Tensor) -> torch.Ten
     return torch.stack([data[int(i)][0] for i in index])
 
 
-def _accumulate(
-    sums: dict[str, float], values: dict[str, torch.Tensor], per_query: dict[str, list[float]] | None = None
-) -> None:
-    for key, per_item in values.items():
-        sums[key] += float(per_item.float().mean())
-        if per_query is not None:
-            per_query[key].extend(per_item.float().cpu().tolist())
+@dataclass
+class _BatchValues:
+    """One batch's outcome, on whichever process attacked it: what rank 0 needs to sum as one process would."""
+
+    means: dict[str, float] = field(default_factory=dict)
+    noise_means: dict[str, float] = field(default_factory=dict)
+    per_query: dict[str, list[float]] = field(default_factory=dict)
+    passes: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, values: dict[str, torch.Tensor], means: dict[str, float], keep: bool = False) -> None:
+        """Record each value's batch mean in `means` (and, with `keep`, its per-query values)."""
+        for key, per_item in values.items():
+            means[key] = float(per_item.float().mean())
+            if keep:
+                self.per_query[key] = per_item.float().cpu().tolist()
+
+
+def _sum_means(batches: list[_BatchValues], which: str) -> dict[str, float]:
+    """Per value, the sum of its batch means in batch order (the order one process adds them in)."""
+    sums = dict.fromkeys(ATTACK_KEYS, 0.0)
+    for batch in batches:
+        for key, mean in getattr(batch, which).items():
+            sums[key] += mean
+    return sums
 
 
 __all__ = ["evaluate_robustness"]

@@ -3,6 +3,9 @@
 Each protocol writes its full report (robustness.json for the profile's published attacker, robustness-strong.json
 for the strong one) and its headline into robustness-summary.json, which `export` carries into the bundle, so a
 served model reports the ERS it was measured at, with the protocol that measured it.
+
+Under torchrun (`torchrun --nproc-per-node K -m serve.cli evaluate ...`, on one machine or several) each process
+attacks its part of the query batches and rank 0 writes the same files one process would (retrieval.robustness).
 """
 
 from __future__ import annotations
@@ -17,12 +20,12 @@ from retrieval.atomic import atomic_write_json, atomic_write_text
 from retrieval.attacks import PROFILES
 from retrieval.attacks.profiles import STRONG, parse_protocols
 from retrieval.datasets import load_dataset, parse_dataset_spec
+from retrieval.distributed import started
 from retrieval.jsonfiles import read_json
 from retrieval.protocol import protocol_for
 from retrieval.robustness import evaluate_robustness
 from retrieval.threads import use_torch_threads
 from training.checkpoint import load_trained
-from training.distributed import resolve_device
 from training.report import robustness_markdown
 
 
@@ -60,26 +63,33 @@ def evaluate(
     name, split = parse_dataset_spec(dataset) if dataset else (config.get("dataset", "fashion-mnist"), "test")
     data = load_dataset(name, split, root=data_root or config.get("data_root"),
                         image_size=getattr(model, "input_size", None), channels=getattr(model, "channels", None))
-    target = resolve_device(device)
     profile = profile or protocol_for(int(model.input_size)).profile
     chosen = parse_protocols(protocols or (STRONG if strong else profile), profile)
     trained_as = read_json(run_dir / "metrics.json", "run", missing_ok=True).get("method")  # paper notation
     destination = out or run_dir
-    for protocol_name, budget, attacker in chosen:
-        report = evaluate_robustness(
-            model.to(target), data,
-            profile=budget, max_queries=max_queries, steps=steps, restarts=restarts, seed=seed,
-            reference_quirks=reference_quirks, batch_size=batch_size, progress=progress,
-            noise_baseline=noise_baseline, strong=attacker == STRONG,
-        )
-        report = {"method": trained_as or config.get("method"), "run": str(run_dir), "dataset": f"{name}:{split}",
-                  "protocol_name": protocol_name, **report}
-        stem = "robustness-strong" if attacker == STRONG else "robustness"
-        atomic_write_json(destination / f"{stem}.json", report)
-        atomic_write_text(destination / f"{stem}.md", robustness_markdown(report, run_dir.name))
-        record_summary(destination, protocol_name, report)
-        typer.echo(robustness_markdown(report, run_dir.name))
-        typer.echo(f"wrote {destination / stem}.json and {stem}.md")
+    with started(device) as processes:
+        for protocol_name, budget, attacker in chosen:
+            report = evaluate_robustness(
+                model.to(processes.device), data,
+                profile=budget, max_queries=max_queries, steps=steps, restarts=restarts, seed=seed,
+                reference_quirks=reference_quirks, batch_size=batch_size, progress=progress,
+                noise_baseline=noise_baseline, strong=attacker == STRONG, processes=processes,
+            )
+            if report is not None:  # rank 0 writes
+                _write(report, trained_as or config.get("method"), run_dir, f"{name}:{split}", protocol_name,
+                       attacker, destination)
+
+
+def _write(report: dict[str, Any], method: str | None, run_dir: Path, dataset: str, protocol_name: str,
+           attacker: str, destination: Path) -> None:
+    """One protocol's robustness[-strong].json/.md and its line in robustness-summary.json."""
+    report = {"method": method, "run": str(run_dir), "dataset": dataset, "protocol_name": protocol_name, **report}
+    stem = "robustness-strong" if attacker == STRONG else "robustness"
+    atomic_write_json(destination / f"{stem}.json", report)
+    atomic_write_text(destination / f"{stem}.md", robustness_markdown(report, run_dir.name))
+    record_summary(destination, protocol_name, report)
+    typer.echo(robustness_markdown(report, run_dir.name))
+    typer.echo(f"wrote {destination / stem}.json and {stem}.md")
 
 
 SUMMARY_FILE = "robustness-summary.json"
