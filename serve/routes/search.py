@@ -7,8 +7,10 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from fastapi.routing import APIRoute
 from starlette.datastructures import UploadFile as StarletteUpload
+from starlette.types import Receive, Scope, Send
 
 from serve.batching import SearchBatcher
 from serve.errors import ServiceError
@@ -35,10 +37,23 @@ def batcher(request: Request) -> SearchBatcher:
     return request.app.state.batcher
 
 
-@router.post("/search", response_model=SearchResponse, responses=errors(400, 408, 413, 415, 422, 503),
-             openapi_extra=_SEARCH_BODY)
+class _PlainSearchRoute(APIRoute):
+    """/search as FastAPI documents it (query parameter, both body forms, response model, errors), answered without
+    FastAPI's per-request work: no dependency solving, exit stacks or second pass over the answer (FastAPI dumped,
+    re-validated and dumped again what `search` had already built). Errors still reach the app's handlers, and other
+    methods get the usual 405."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in self.methods:
+            await super().handle(scope, receive, send)
+            return
+        request = Request(scope, receive, send)
+        response = await self.endpoint(request, _top_k(request.query_params.get("top_k"), 10))
+        await response(scope, receive, send)
+
+
 async def search(request: Request, top_k: Annotated[int, Query(ge=1, le=TOP_K_MAX, description=(
-                     "Results, with a raw image body (a form's own top_k field wins)."))] = 10) -> SearchResponse:
+                     "Results, with a raw image body (a form's own top_k field wins)."))] = 10) -> Response:
     """The gallery items nearest to one query image: a multipart form (field `image`, optional `top_k`) or the
     image itself as the body with an `image/*` Content-Type."""
     start = time.perf_counter()
@@ -49,8 +64,14 @@ async def search(request: Request, top_k: Annotated[int, Query(ge=1, le=TOP_K_MA
         image, top_k = await _query(request, state.settings, top_k)
         pixels = await decode_all(state.decoder, [image], engine.bundle, state.settings)
     rankings = await queue.search(engine, pixels, top_k)
-    return SearchResponse(results=rankings[0], model_id=engine.model_id, index_id=engine.index_id,
-                          took_ms=(time.perf_counter() - start) * 1000)
+    answer = SearchResponse(results=rankings[0], model_id=engine.model_id, index_id=engine.index_id,
+                            took_ms=(time.perf_counter() - start) * 1000)
+    return Response(answer.model_dump_json(), media_type="application/json")
+
+
+router.add_api_route("/search", search, methods=["POST"], response_model=SearchResponse,
+                     responses=errors(400, 408, 413, 415, 422, 503), openapi_extra=_SEARCH_BODY,
+                     route_class_override=_PlainSearchRoute)
 
 
 @router.post("/search/batch", response_model=BatchSearchResponse,
@@ -80,11 +101,12 @@ async def _query(request: Request, settings: Settings, top_k: int) -> tuple[byte
         if not isinstance(upload, StarletteUpload):
             raise ServiceError(422, "invalid_request", "image: a multipart file field `image` (or a raw image/* "
                                                        "body) is required")
-        return await read_upload(upload, settings), _form_top_k(form.get("top_k"), top_k)
+        return await read_upload(upload, settings), _top_k(form.get("top_k"), top_k)
 
 
-def _form_top_k(value: object, default: int) -> int:
-    """The form's top_k, bounded before int() converts it (int() of 4,301 digits raises, and costs time before)."""
+def _top_k(value: object, default: int) -> int:
+    """A query string's or form's top_k, bounded before int() converts it (int() of 4,301 digits raises, and costs
+    time before)."""
     if value is None:
         return default
     value = value.strip() if isinstance(value, str) else ""
