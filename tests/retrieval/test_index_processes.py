@@ -26,15 +26,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def index(processes: int, *args: str) -> None:
-    """`robust-retrieval index ARGS` in `processes` local processes (torchrun when more than one)."""
+def index(processes: int, *args: str, succeeds: bool = True) -> str:
+    """`robust-retrieval index ARGS` in `processes` local processes (torchrun when more than one); its stderr."""
     if processes == 1:
         command = [sys.executable, "-m", "serve.cli", "index", *args]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(processes),
                    "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "serve.cli", "index", *args]
     done = subprocess.run(command, env=ONE_THREAD, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.returncode == 0) == succeeds, done.stderr[-3000:]
+    return done.stderr
 
 
 def assert_same_index(one: Path, two: Path) -> None:
@@ -71,3 +72,16 @@ def test_two_processes_append_what_one_process_appends(tmp_path) -> None:
         index(processes, "--bundle", str(bundle), "--images", str(first), "-o", out, "--append")  # nothing new
     assert_same_index(tmp_path / "p1", tmp_path / "p2")
     assert len(GalleryIndex.load(tmp_path / "p2")) == 75
+
+
+def test_a_run_that_fails_on_one_process_publishes_nothing(tmp_path) -> None:
+    """--strict stops the process whose share holds a broken image; rank 0 never publishes the others' shares."""
+    bundle, out = make_bundle(tmp_path / "bundle"), tmp_path / "index"
+    index(1, "--bundle", str(bundle), "--images", str(images(tmp_path / "first", 10, seed=0)), "-o", str(out))
+    before = resolve_current(out)
+    more = images(tmp_path / "more", 20, seed=1)
+    (more / "class4" / "zzz.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # sorted last: rank 1's share
+    failed = index(2, "--bundle", str(bundle), "--images", str(more), "-o", str(out), "--append", "--strict",
+                   succeeds=False)
+    assert "zzz.png: " in failed and "(drop --strict to skip unreadable images)" in failed
+    assert resolve_current(out) == before and len(GalleryIndex.load(out)) == 10
