@@ -40,8 +40,9 @@ MAX_TASKS = 500
 STOP_TIMEOUT_S = 5.0
 EXIT_STATUS_WAIT_S = 1.0
 """How long a crashed process's exit status is waited for (it names the crash in the answer)."""
-START_TIMEOUT_S = 60.0
-"""A new process must say it is ready within this long (it imports the server's main module first, if any)."""
+START_POLL_S = 1.0
+"""While a new process starts (it imports the server's main module first, if any: tens of seconds on a busy CPU),
+how often it is checked for having died instead; a live one is waited for as long as it takes."""
 _READY = b"R"
 
 _REQUEST = struct.Struct("<iiqdq")
@@ -209,9 +210,16 @@ class DecodePool:
             process = self._context.Process(target=_serve, args=(theirs,), daemon=True)
             process.start()
         worker = _Worker(process, ours)
-        ours.settimeout(START_TIMEOUT_S)
+        ours.settimeout(START_POLL_S)
         try:
-            if ours.recv(1) != _READY:
+            while True:
+                try:
+                    ready = ours.recv(1)
+                    break
+                except TimeoutError:
+                    if not process.is_alive():
+                        raise ConnectionResetError("a decoding process exited while starting") from None
+            if ready != _READY:
                 raise ConnectionResetError("a decoding process exited while starting")
         except OSError:
             worker.stop(kill=True)
