@@ -115,6 +115,7 @@ class DecodePool:
         """Free slots; None: its process is not started yet (or was stopped), the next decode in it starts one."""
         self._busy: set[_Worker] = set()
         self._waiting: collections.deque[asyncio.Future] = collections.deque()
+        self._replacing: set[asyncio.Task] = set()
 
     async def decode(self, data: bytes, *, size: int, channels: int, max_pixels: int,
                      time_limit_s: float) -> tuple[np.ndarray, int, float]:
@@ -178,22 +179,34 @@ class DecodePool:
             try:
                 worker = await asyncio.to_thread(self._start)
             except BaseException:
-                self._slots.append(None)
-                self._wake_one()
+                self._release(None)
                 raise
         self._busy.add(worker)
         return worker
 
     def _give(self, worker: _Worker, clean: bool) -> None:
         """Back to the free slots; a process whose exchange did not finish cleanly (killed, crashed, cancelled mid-
-        answer) or that has done MAX_TASKS decodes is stopped, and its slot starts a new one when next taken."""
+        answer) or that has done MAX_TASKS decodes is stopped and replaced in the background, so that no request
+        waits for a process to start (seconds on a busy CPU) while another is free."""
         self._busy.discard(worker)
         worker.tasks += 1
         if clean and worker.tasks < MAX_TASKS:
-            self._slots.append(worker)
-        else:
-            worker.stop(kill=not clean)
-            self._slots.append(None)
+            self._release(worker)
+            return
+        worker.stop(kill=not clean)
+        task = asyncio.get_running_loop().create_task(self._replace())
+        self._replacing.add(task)
+        task.add_done_callback(self._replacing.discard)
+
+    async def _replace(self) -> None:
+        try:
+            worker = await asyncio.to_thread(self._start)
+        except Exception:  # noqa: BLE001  (the slot's next decode tries again, and reports what fails)
+            worker = None
+        self._release(worker)
+
+    def _release(self, slot: _Worker | None) -> None:
+        self._slots.append(slot)
         self._wake_one()
 
     def _wake_one(self) -> None:
