@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from retrieval.attacks import ATTACKS, Attack, attack_config
+from retrieval.attacks import ATTACKS, attack_config
 from retrieval.attacks.profiles import PROFILES, STRONG, protocol
 from retrieval.datasets import ImageDataset
 from retrieval.distances import normalize
@@ -32,7 +32,7 @@ from retrieval.pgd import uniform_noise
 from retrieval.progress import tracked
 from retrieval.protocol import protocol_for
 from retrieval.sampling import balanced_subset
-from retrieval.seeding import derive_seed, generator
+from retrieval.seeding import generator
 
 BENIGN_KEYS = ("R@1", "R@2", "mAP", "mAP@R", "mAP@10", "NMI")
 COLLAPSE_KEYS = ("TMA", "ES:D")
@@ -83,8 +83,7 @@ def evaluate_robustness(
 
     gallery_labels = labels.to(device)
     attacks = {
-        name: _per_query_targets(cls)(gallery, gallery_labels, cfg, torch.Generator(), reference_quirks)
-        for name, cls in ATTACKS.items()
+        name: cls(gallery, gallery_labels, cfg, torch.Generator(), reference_quirks) for name, cls in ATTACKS.items()
     }
     n = len(queries)
     starts = range(0, n, batch_size)
@@ -155,29 +154,6 @@ def evaluate_robustness(
         noise = {k: v / len(starts) for k, v in noise_sums.items()}
         report["noise_baseline"] = {"attacks": noise, "normalized": ers_normalize(noise), "ERS": ers(noise)}
     return report
-
-
-class _PerQueryTargets(Attack):
-    """An attack whose targets are drawn per query (Attack._draw is the one place targets are drawn)."""
-
-    query_generators: list[torch.Generator] = []
-
-    def seed_queries(self, seed: int, queries: torch.Tensor) -> None:
-        """Before attacking `queries` (their indices in the split): one target generator per query, and the batch's
-        restart-noise generator from all of their indices."""
-        indices = queries.tolist()
-        self.query_generators = [generator(seed, self.name, "targets", q) for q in indices]
-        self.generator.manual_seed(derive_seed(seed, self.name, "restarts", *indices))
-
-    def _draw(self, high: int, size: int) -> torch.Tensor:
-        if size != len(self.query_generators):
-            raise RuntimeError(f"{self.name}: {size} targets asked for {len(self.query_generators)} seeded queries")
-        draws = [torch.randint(high, (1,), generator=g) for g in self.query_generators]
-        return torch.cat(draws).to(self.gallery.device)
-
-
-def _per_query_targets(cls: type[Attack]) -> type[_PerQueryTargets]:
-    return type(cls.__name__, (_PerQueryTargets, cls), {})
 
 
 def _per_query_noise(images: torch.Tensor, queries: torch.Tensor, eps: float, seed: int) -> torch.Tensor:

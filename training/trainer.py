@@ -26,7 +26,7 @@ from retrieval.datasets import ImageDataset, load_dataset
 from retrieval.errors import UserError
 from retrieval.sampling import balanced_subset
 from retrieval.seeding import derive_seed, generator
-from training import distributed
+from retrieval import distributed
 from training.checkpoint import (
     load_checkpoint,
     load_trained,

@@ -20,6 +20,7 @@ from torch import nn
 from retrieval.distances import normalize
 from retrieval.errors import UserError
 from retrieval.pgd import PGDConfig, frozen, pgd
+from retrieval import seeding
 
 NOT_IN_GALLERY = -1
 
@@ -114,6 +115,8 @@ class Attack:
         self.cfg = cfg
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.reference_quirks = reference_quirks
+        self.query_generators: list[torch.Generator] | None = None
+        """Set by `seed_queries`: one target generator per attacked query, else targets come from `generator`."""
 
     # -- what each attack defines ------------------------------------------------------------------------------
 
@@ -239,6 +242,19 @@ class Attack:
         pick = self._draw(neighbours.shape[1], len(neighbours))
         return neighbours.gather(1, pick[:, None]).squeeze(1)
 
+    def seed_queries(self, seed: int, queries: torch.Tensor) -> None:
+        """Before attacking `queries` (their indices in the split): one target generator per query, seeded by (seed,
+        attack, query index), and the restart noise (which PGD draws for the whole batch) from all of their indices;
+        so a query's values never depend on its batch's position or on the process that attacks it."""
+        indices = queries.tolist()
+        self.query_generators = [seeding.generator(seed, self.name, "targets", q) for q in indices]
+        self.generator.manual_seed(seeding.derive_seed(seed, self.name, "restarts", *indices))
+
     def _draw(self, high: int, size: int) -> torch.Tensor:
-        """Uniform integers in [0, high) from the attack's generator (repeatable runs)."""
-        return torch.randint(high, (size,), generator=self.generator).to(self.gallery.device)
+        """Uniform integers in [0, high): one per seeded query (`seed_queries`), else from the attack's generator."""
+        if self.query_generators is None:
+            return torch.randint(high, (size,), generator=self.generator).to(self.gallery.device)
+        if size != len(self.query_generators):
+            raise RuntimeError(f"{self.name}: {size} targets asked for {len(self.query_generators)} seeded queries")
+        draws = [torch.randint(high, (1,), generator=g) for g in self.query_generators]
+        return torch.cat(draws).to(self.gallery.device)

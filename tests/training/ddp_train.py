@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from training import distributed
+from retrieval import distributed
 from training.config import TrainConfig
 from training.trainer import Trainer
 

@@ -16,7 +16,7 @@ from training_runs import tiny_config, write_folder, write_idx
 import training.trainer as trainer_module
 from retrieval.datasets import load_dataset
 from retrieval.errors import UserError
-from training import distributed
+from retrieval import distributed
 from training.checkpoint import load_checkpoint
 from training.method import parse_method
 from training.trainer import Trainer, _validation_data, train

@@ -95,13 +95,10 @@ class Defense:
         return auto_precision(device) if self.bf16_safe and not self.cfg.reference else "fp32"
 
     def attack(self, model: nn.Module, x: torch.Tensor, objective, *, early_stop_tol: float | None = None) -> PGDResult:
-        """PGD (docs/method.md#pgd) at this defense's budget, eta steps, schedule, start and precision; APGD has its
-        own stall rule, so `early_stop_tol` applies to the fixed schedule only."""
+        """PGD (docs/method.md#pgd) at this defense's budget, eta steps, schedule, start and precision."""
         eps, alpha = self.budget(model)
-        apgd = self.cfg.schedule == "apgd"
-        cfg = PGDConfig(eps, alpha, self.eta, random_start=self.cfg.random_start,
-                        early_stop_tol=None if apgd else early_stop_tol, precision=self.precision(x.device),
-                        schedule=self.cfg.schedule)
+        cfg = PGDConfig(eps, alpha, self.eta, random_start=self.cfg.random_start, early_stop_tol=early_stop_tol,
+                        precision=self.precision(x.device), schedule=self.cfg.schedule)
         return pgd(model, x, objective, cfg, generator=self.generator)
 
 

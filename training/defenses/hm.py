@@ -106,7 +106,8 @@ class HardnessManipulation(Defense):
         total = moving.numel()
         rows = torch.cat([active, active + total, active + 2 * total])
         sub = x0[rows]
-        early_stop = self.destination.early_stop and self.cfg.early_stop
+        # APGD has its own stall rule; HM's early stop belongs to the fixed schedule
+        early_stop = self.destination.early_stop and self.cfg.early_stop and self.cfg.schedule == "fixed"
         tol = EARLY_STOP_TOL * total / active.numel() if early_stop else None
         result = self.attack(model, sub, self.destination.objective(h_destination[active]), early_stop_tol=tol)
         return x0.index_copy(0, rows, result.x), result.steps, result.steps * sub.shape[0]
