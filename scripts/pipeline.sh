@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on the embedded default (Fashion-MNIST): the quick preset's 400 iterations of the product's method
+# The main job on the embedded default (Fashion-MNIST): the quick preset's 700 iterations of the product's method
 # (HM[S,gLGA]&ICS+APGD, eta 8), its ERS measured under the published and the strong attacker on a seeded sample of 64
 # queries, ONNX export (which carries that measurement), an index of the test split, the service on 127.0.0.1, one
 # /search and one /probe request, then the web page's address. Started in a terminal, the service keeps running for the

@@ -35,7 +35,7 @@ def test_model_protocol_then_preset_then_explicit_options() -> None:
         1e-3, 1e-7, 128, 8, 32)
     quick = build_config({"epochs": 3}, {}, preset="quick")
     assert (quick.dataset, quick.device, quick.epochs, quick.max_steps, quick.time_budget, quick.defense.pgd_steps) == (
-        "fashion-mnist", "cpu", 3, 400, None, 8)
+        "fashion-mnist", "cpu", 3, 700, None, 8)
     assert quick.defense.schedule == "apgd"  # the product's method: eta 8 is enough for the APGD adversary
     standard = build_config({}, {}, preset="standard")
     assert (standard.max_steps, standard.checkpoint_every, standard.time_budget, standard.defense.pgd_steps) == (
