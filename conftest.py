@@ -89,7 +89,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(params=["fp32", "bf16"], ids=["auto-is-fp32", "auto-is-bf16"])
 def auto_precision_as(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run the test once as on a CPU where precision `auto` decides fp32, once as on one where it decides bf16."""
-    from retrieval.pgd import AUTO_PRECISION_VARIABLE
+    from retrieval.robustness.pgd import AUTO_PRECISION_VARIABLE
 
     monkeypatch.setenv(AUTO_PRECISION_VARIABLE, request.param)
     return request.param

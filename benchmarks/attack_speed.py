@@ -25,7 +25,7 @@ from retrieval.datasets import load_dataset
 from retrieval.metrics import embed
 from retrieval.seeding import derive_seed
 from retrieval.threads import default_threads
-from training.models import build_model
+from retrieval.models import build_model
 
 OUT = Path(__file__).parent / "results" / "attack_speed.json"
 
@@ -46,7 +46,7 @@ def main() -> None:
     device = torch.device(args.device)
 
     if args.checkpoint is not None:
-        from training.checkpoint import load_trained
+        from retrieval.models.loading import load_trained
 
         model = load_trained(args.checkpoint).model
     else:

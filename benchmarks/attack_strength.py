@@ -21,11 +21,11 @@ import torch
 from retrieval.atomic import atomic_write_json, atomic_write_text
 from retrieval.attacks import ATTACKS
 from retrieval.datasets import load_dataset
-from retrieval.ers import ATTACK_KEYS, HIGHER_IS_MORE_ROBUST
+from retrieval.robustness.ers import ATTACK_KEYS, HIGHER_IS_MORE_ROBUST
 from retrieval.jsonfiles import read_json
-from retrieval.robustness import evaluate_robustness
+from retrieval.robustness.evaluation import evaluate_robustness
 from retrieval.threads import use_torch_threads
-from training.checkpoint import load_trained
+from retrieval.models.loading import load_trained
 
 RESULTS = Path(__file__).parent / "results"
 ATTACKERS: dict[str, dict[str, Any]] = {

@@ -49,10 +49,10 @@ from retrieval.atomic import atomic_write_json, atomic_write_text
 from retrieval.datasets import load_dataset
 from retrieval.errors import UserError
 from retrieval.threads import default_threads
-from retrieval.robustness import evaluate_robustness
+from retrieval.robustness.evaluation import evaluate_robustness
 from training.config import TrainConfig, build_config
-from training.checkpoint import load_trained
-from training.method import format_method, parse_method
+from retrieval.models.loading import load_trained
+from training.defenses.notation import format_method, parse_method
 from training.report import load_run, markdown_table, plot_tradeoffs, protocols_note, robustness_markdown
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ This is kinder to IVF than real galleries are: with n/1000 clusters and nlist ~ 
 follow the clusters, so small nprobe values already reach high recall.
 
 Queries are fresh draws from the same distribution (not gallery items). Each index is built through
-retrieval.index.GalleryIndex, so its search parameters are the ones build auto-tunes on a gallery sample (build_s is
+retrieval.gallery.index.GalleryIndex, so its search parameters are the ones build auto-tunes on a gallery sample (build_s is
 train + add; build_with_tuning_s includes that tuning). Then it is measured on the held-out queries: recall@10 against
 exact inner-product search, and single-query latency on one thread, which is how the service searches (concurrent
 requests provide the parallelism). Build uses --threads.
@@ -39,13 +39,13 @@ import faiss
 import numpy as np
 import torch
 
-from retrieval import index_quality as quality
+from retrieval.gallery import quality
 from retrieval.atomic import atomic_path, atomic_write_json
 from retrieval.datasets import load_dataset
-from retrieval.embedder import OnnxEmbedder
-from retrieval.index import INDEX_TYPES, GalleryIndex, memory_estimate, metadata_table
+from retrieval.gallery.embedder import OnnxEmbedder
+from retrieval.gallery.index import INDEX_TYPES, GalleryIndex, memory_estimate, metadata_table
 from training.export import export_bundle
-from training.models import build_model
+from retrieval.models import build_model
 
 RESULTS = Path(__file__).parent / "results"
 LATENT = 32

@@ -1,9 +1,9 @@
 """Mutation score of the algorithm and security modules, with mutmut (not part of CI: it takes hours in full).
 
     pip install -e '.[mutation]'
-    taskset -c 1 python benchmarks/mutation.py serve/paths.py retrieval/ers.py      # every mutant of two modules
-    taskset -c 1 python benchmarks/mutation.py retrieval/pgd.py --sample 60 --seed 1 # a seeded random sample
-    python benchmarks/mutation.py retrieval/ers.py --exclude tests/retrieval/test_ers_mutants.py  # score without a file
+    taskset -c 1 python benchmarks/mutation.py serve/paths.py retrieval/robustness/ers.py      # every mutant of two modules
+    taskset -c 1 python benchmarks/mutation.py retrieval/robustness/pgd.py --sample 60 --seed 1 # a seeded random sample
+    python benchmarks/mutation.py retrieval/robustness/ers.py --exclude tests/retrieval/test_ers_mutants.py  # score without a file
 
 Each module is mutated in its own scratch copy of a commit (`--rev`, default HEAD: the measured code is a commit,
 never a half-edited working tree) and checked against a fast subset of the suite: the test files listed for it below,
@@ -50,17 +50,17 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
                          "tests/training/test_pinned_behaviour.py"]),
     "training/losses": (["training/losses/*.py"],
                         ["tests/training/test_losses_mutants.py", "tests/training/test_losses.py"]),
-    "retrieval/pgd.py": (["retrieval/pgd.py"],
+    "retrieval/robustness/pgd.py": (["retrieval/robustness/pgd.py"],
                          ["tests/retrieval/test_pgd_mutants.py", "tests/retrieval/test_pgd_bf16.py",
                           "tests/retrieval/test_pgd_pinned.py", "tests/retrieval/test_attacks.py",
                           "tests/training/test_defenses.py"]),
     "retrieval/attacks": (["retrieval/attacks/*.py"],
                           ["tests/retrieval/test_attacks_mutants.py", "tests/retrieval/test_attacks.py",
                            "tests/retrieval/test_attacks_beat_noise.py"]),
-    "retrieval/ers.py": (["retrieval/ers.py"],
+    "retrieval/robustness/ers.py": (["retrieval/robustness/ers.py"],
                          ["tests/retrieval/test_ers_mutants.py", "tests/retrieval/test_ers.py",
                           "tests/retrieval/test_ers_interval.py"]),
-    "retrieval/bundle.py": (["retrieval/bundle.py"],
+    "retrieval/models/bundle.py": (["retrieval/models/bundle.py"],
                             ["tests/retrieval/test_bundle_mutants.py", "tests/retrieval/test_bundle.py"]),
     # the service's HTTP tests (tests/serve/test_security.py) start a service on a trained bundle, about 10 s per
     # mutant, so the serve modules are checked against the small apps and direct calls that pin the same behaviour

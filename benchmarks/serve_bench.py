@@ -53,9 +53,9 @@ PROFILE_CONCURRENCY = 8
 BOUNDARY = "rrbenchboundary"
 FLOOR_FRAMES = {
     ("decode_image", "retrieval/images.py"),
-    ("OnnxEmbedder.embed", "retrieval/embedder.py"),
-    ("GalleryIndex.search", "retrieval/index.py"),
-    ("GalleryIndex.rows", "retrieval/index.py"),
+    ("OnnxEmbedder.embed", "retrieval/gallery/embedder.py"),
+    ("GalleryIndex.search", "retrieval/gallery/index.py"),
+    ("GalleryIndex.rows", "retrieval/gallery/index.py"),
 }
 """The calls the floor makes; a profile sample inside any of them is floor work, wherever it was called from."""
 

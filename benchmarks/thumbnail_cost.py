@@ -27,11 +27,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from retrieval.atomic import atomic_path, atomic_write_json
-from retrieval.generations import resolve_current
-from retrieval.thumbnails import FILES, encode
+from retrieval.gallery.generations import resolve_current
+from retrieval.gallery.thumbnails import FILES, encode
 from serve.cli import app
 from training.export import export_bundle
-from training.models import build_model
+from retrieval.models import build_model
 
 RESULTS = Path(__file__).parent / "results"
 MILLION = 1_000_000

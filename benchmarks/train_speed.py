@@ -29,8 +29,8 @@ from retrieval.datasets import load_dataset
 from retrieval.threads import default_threads
 from training.data import SPC2Sampler
 from training.defenses import build_defense
-from training.method import parse_method
-from training.models import build_model
+from training.defenses.notation import parse_method
+from retrieval.models import build_model
 
 METHODS = ("N/A[R]", "EST[R]", "ACT[R]", "HM[S,gLGA]", "HM[S,gLGA]&ICS")
 REFERENCE_S_PER_ITER = {  # reference code, 128 pairs, 2-core machine

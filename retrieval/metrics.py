@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from retrieval.datasets import ImageDataset
-from retrieval.pgd import frozen
+from retrieval.robustness.pgd import frozen
 
 RECALL_KS = (1, 2)
 FIXED_R = 10

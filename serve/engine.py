@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retrieval.bundle import MANIFEST_FILE, Bundle, sha256_file
-from retrieval.embedder import OnnxEmbedder
+from retrieval.models.bundle import MANIFEST_FILE, Bundle, sha256_file
+from retrieval.gallery.embedder import OnnxEmbedder
 from retrieval.errors import UserError
-from retrieval.generations import confined, resolve_current
-from retrieval.index import INFO_FILE, GalleryIndex
+from retrieval.gallery.generations import confined, resolve_current
+from retrieval.gallery.index import INFO_FILE, GalleryIndex
 from retrieval.jsonfiles import read_json
 from serve.schemas import SearchHit
 
@@ -75,14 +75,14 @@ class Engine:
 
 def load_engine(index_path: Path, bundle_path: Path | None, *, threads: int, with_torch: bool) -> Engine:
     """Verify and load everything; any mismatch (hashes, model binding) raises UserError before serving starts."""
-    from training.export import load_torch_model  # torch model only matters for /probe
+    from retrieval.models.loading import load_trained  # torch model only matters for /probe
 
     index_path = index_path.resolve()
     bundle = Bundle.load(bundle_path or _recorded_bundle(index_path), verify=True)
     index_id = _index_id(index_path)
     index = GalleryIndex.load(index_path, expected_model_sha256=bundle.model_sha256, verify=True)
     embedder = OnnxEmbedder(bundle, threads=threads)
-    torch_model = load_torch_model(bundle.path).requires_grad_(False) if with_torch else None
+    torch_model = load_trained(bundle.path).model.requires_grad_(False) if with_torch else None
     gallery = _gallery(index) if with_torch else None
     engine = Engine(bundle, embedder, index, index_path, index_id, torch_model, gallery)
     engine.warm()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from retrieval.errors import UserError
-from retrieval.generations import OutsideRoot, confined
+from retrieval.gallery.generations import OutsideRoot, confined
 from serve.errors import ServiceError
 
 

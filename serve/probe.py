@@ -19,7 +19,7 @@ from torch import nn
 from retrieval.attacks import get_attack
 from retrieval.attacks.base import NOT_IN_GALLERY
 from retrieval.attacks.profiles import PROFILES, Profile
-from retrieval.pgd import PGDConfig
+from retrieval.robustness.pgd import PGDConfig
 from retrieval.protocol import protocol_for
 from serve.engine import Engine
 from serve.errors import ServiceError

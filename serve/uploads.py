@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from fastapi import UploadFile
 
-from retrieval.bundle import Bundle
+from retrieval.models.bundle import Bundle
 from retrieval.images import (ALLOWED_FORMATS, DecodeTimeLimit, ImageError, ImageTooLarge, UnsupportedImageFormat,
                              sniff_format)
 from retrieval.protocol import protocol_for

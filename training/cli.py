@@ -1,4 +1,5 @@
-"""Commands owned by training: train, evaluate, report, export."""
+"""The `train` and `report` commands (`evaluate` and `export` live beside the code they run); serve/cli.py registers
+them on the root command."""
 
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ from retrieval.errors import UserError
 from retrieval.threads import use_torch_threads
 from training.config import PRESETS, TrainConfig, build_config
 from training.defenses import DEFENSES
-from training.export import export_command
-from training.method import parse_method
+from training.defenses.notation import parse_method
 
 RESUMABLE = ("epochs", "max_steps", "time_budget", "device", "num_workers", "log_every", "val_every", "val_subset",
              "val_batch", "val_attack_queries", "val_attack_steps", "checkpoint_every")
@@ -77,13 +77,18 @@ def train(
     """Train an embedding model with SPC-2 triplets and an optional adversarial defense."""
     from training.trainer import train as run_training  # late: keeps `--help` of other commands fast
 
-    given = {k: v for k, v in locals().items() if v is not None}
-    options = _pick(given, [f for f in TrainConfig.__dataclass_fields__ if f not in ("defense", "preset", "out")])
-    options["out"] = str(out)
-    defense_options = _pick(given, ["defense", "source", "destination", "ics", "pgd_steps", "eps", "alpha", "xi",
-                                    "lga_u", "margin", "precision"])
-    if reference_quirks is not None:
-        defense_options["reference"] = reference_quirks
+    options = _given(
+        out=str(out), dataset=dataset, data_root=data_root, model=model, embedding_dim=embedding_dim,
+        pretrained=pretrained, epochs=epochs, batch_pairs=batch_pairs, lr=lr, weight_decay=weight_decay, seed=seed,
+        max_steps=max_steps, train_subset=train_subset, val_subset=val_subset, val_every=val_every,
+        val_batch=val_batch, val_attack_queries=val_attack_queries, val_attack_steps=val_attack_steps,
+        time_budget=time_budget, init=init, checkpoint_every=checkpoint_every, log_every=log_every,
+        num_workers=num_workers, device=device, deterministic=deterministic,
+    )
+    defense_options = _given(
+        defense=defense, source=source, destination=destination, ics=ics, pgd_steps=pgd_steps, eps=eps, alpha=alpha,
+        xi=xi, lga_u=lga_u, margin=margin, precision=precision, reference=reference_quirks,
+    )
     if resume:
         cfg = _resumed_config(out, {**options, **defense_options}, preset=preset, method=method)
     else:
@@ -100,8 +105,9 @@ def train(
         console.print(f"run directory: {cfg.out}")
 
 
-def _pick(values: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    return {k: values[k] for k in names if k in values}
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user gave (None: not given, so the preset, the method or a default decides)."""
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def _resumed_config(out: Path, explicit: dict[str, Any], *, preset: str | None, method: str | None) -> TrainConfig:
@@ -139,12 +145,3 @@ def report(
     for path in write_report(runs, out):
         typer.echo(f"wrote {path}")
 
-
-def register(app: typer.Typer) -> None:
-    """Add this package's commands to the root app."""
-    app.command()(train)
-    from training.evaluate import evaluate
-
-    app.command()(evaluate)
-    app.command()(report)
-    app.command("export")(export_command)

@@ -5,7 +5,7 @@ for the strong one) and its headline into robustness-summary.json, which `export
 served model reports the ERS it was measured at, with the protocol that measured it.
 
 Under torchrun (`torchrun --nproc-per-node K -m serve.cli evaluate ...`, on one machine or several) each process
-attacks its part of the query batches and rank 0 writes the same files one process would (retrieval.robustness).
+attacks its part of the query batches and rank 0 writes the same files one process would (retrieval.robustness.evaluation).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from retrieval.attacks.profiles import STRONG, parse_protocols
 from retrieval.datasets import load_dataset, parse_dataset_spec
 from retrieval.distributed import started
 from retrieval.jsonfiles import read_json
+from retrieval.models.loading import load_trained
 from retrieval.protocol import protocol_for
-from retrieval.robustness import evaluate_robustness
+from retrieval.robustness.evaluation import evaluate_robustness
 from retrieval.threads import use_torch_threads
-from training.checkpoint import load_trained
 from training.report import robustness_markdown
 
 
@@ -59,7 +59,7 @@ def evaluate(
     robustness-summary.json."""
     use_torch_threads()
     trained = load_trained(run)
-    model, config, run_dir = trained.model, trained.config, trained.run_dir or trained.checkpoint.parent
+    model, config, run_dir = trained.model, trained.config, trained.run_dir or trained.weights.parent
     name, split = parse_dataset_spec(dataset) if dataset else (config.get("dataset", "fashion-mnist"), "test")
     data = load_dataset(name, split, root=data_root or config.get("data_root"),
                         image_size=getattr(model, "input_size", None), channels=getattr(model, "channels", None))

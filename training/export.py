@@ -1,4 +1,4 @@
-"""Turn a training run into a self-describing model bundle, and rebuild the torch model from one.
+"""Turn a training run into a self-describing model bundle (retrieval.models.loading rebuilds the model from one).
 
 The bundle carries the ONNX graph for fast inference, the weights as safetensors (no pickle) so gradient-based probes
 can rebuild the torch model, a config with everything a consumer needs, and a manifest of sha256 sums.
@@ -17,18 +17,17 @@ import onnx
 import torch
 import typer
 from rich.console import Console
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from retrieval.atomic import atomic_write_bytes, atomic_write_json
-from retrieval.bundle import BUNDLE_FILES, CONFIG_FILE, MODEL_FILE, WEIGHTS_FILE, Bundle, sha256_file, write_manifest
 from retrieval.errors import UserError
 from retrieval.jsonfiles import read_json
+from retrieval.models.bundle import BUNDLE_FILES, CONFIG_FILE, MODEL_FILE, WEIGHTS_FILE, Bundle, sha256_file, write_manifest
+from retrieval.models.loading import load_trained
 from retrieval.protocol import protocol_for
-from training.checkpoint import load_trained
 from training.defenses import DefenseConfig
 from training.evaluate import SUMMARY_FILE
-from training.method import format_method
-from training.models import build_model
+from training.defenses.notation import format_method
 
 OPSET = 17
 
@@ -48,7 +47,7 @@ def export_bundle(run_dir_or_checkpoint: str | os.PathLike, out_dir: str | os.Pa
     return Bundle.load(out_dir)
 
 
-def export_command(
+def export(
     run: Path = typer.Argument(..., help="Run directory (holding checkpoint.pt) or a checkpoint file."),
     out: Path = typer.Option(..., "-o", "--out", help="Bundle directory to write."),
 ) -> None:
@@ -56,17 +55,6 @@ def export_command(
     bundle = export_bundle(run, out)
     shown = ", ".join(f"{k} {v}" for k, v in bundle.config.items() if v is not None)
     Console().print(f"bundle {bundle.path}: {shown}\nmodel sha256 {bundle.model_sha256}")
-
-
-def load_torch_model(bundle_dir: str | os.PathLike) -> torch.nn.Module:
-    """Rebuild the eval-mode torch model of a verified bundle from config.json + weights.safetensors."""
-    bundle = Bundle.load(bundle_dir)
-    model = build_model(bundle.config["arch"], embedding_dim=bundle.embedding_dim, pretrained=False)
-    try:
-        model.load_state_dict(load_file(bundle.weights_path))
-    except RuntimeError as exc:
-        raise UserError(f"{bundle.weights_path} does not fit arch {bundle.config['arch']!r}: {exc}") from None
-    return model.eval()
 
 
 def _bundle_config(model: torch.nn.Module, train_config: dict, run_dir: Path | None) -> dict[str, Any]:

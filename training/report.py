@@ -15,7 +15,7 @@ from typing import Any
 
 from retrieval.atomic import atomic_path, atomic_write_json, atomic_write_text
 from retrieval.errors import UserError
-from retrieval.ers import ATTACK_KEYS
+from retrieval.robustness.ers import ATTACK_KEYS
 from retrieval.jsonfiles import read_json
 
 BENIGN_COLUMNS = ("R@1", "R@2", "mAP", "NMI")

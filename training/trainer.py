@@ -27,18 +27,12 @@ from retrieval.errors import UserError
 from retrieval.sampling import balanced_subset
 from retrieval.seeding import derive_seed, generator
 from retrieval import distributed
-from training.checkpoint import (
-    load_checkpoint,
-    load_trained,
-    read_checkpoint,
-    restore_rng,
-    rng_state,
-    save_checkpoint,
-)
+from retrieval.models import build_model
+from retrieval.models.loading import load_trained
+from training.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from training.config import TrainConfig
 from training.data import SPC2Sampler, TrainBatches
 from training.defenses import build_defense
-from training.models import build_model
 from training.plots import plot_curves
 from training.runlog import RunLog, StatsWindow, TrainProgress
 from training.validation import validate
@@ -334,7 +328,7 @@ def _load_init(cfg: TrainConfig, model: nn.Module) -> tuple[float, float]:
             f"embeddings, not the {cfg.model} with {cfg.embedding_dim}-d embeddings this run trains"
         )
     model.load_state_dict(trained.model.state_dict())
-    position = read_checkpoint(trained.checkpoint, keys=("position",)).get("position", {})
+    position = trained.position
     seconds = position.get("train_seconds", 0.0) + position.get("init_seconds", 0.0)
     passes = position.get("image_passes", 0.0) + position.get("init_image_passes", 0.0)
     return float(seconds), float(passes)

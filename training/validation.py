@@ -19,9 +19,9 @@ from torch.utils.data import Dataset
 from retrieval.attacks import attack_config, get_attack
 from retrieval.attacks.profiles import STRONG
 from retrieval.distances import normalize
-from retrieval.ers import normalized_score
+from retrieval.robustness.ers import normalized_score
 from retrieval.metrics import benign_metrics, embed
-from retrieval.pgd import unwrap
+from retrieval.robustness.pgd import unwrap
 from retrieval.protocol import protocol_for
 from retrieval.sampling import balanced_subset
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from retrieval.distances import normalize
 from retrieval.errors import UserError
-from retrieval.pgd import PGDConfig, frozen, pgd
+from retrieval.robustness.pgd import PGDConfig, frozen, pgd
 from retrieval import seeding
 
 NOT_IN_GALLERY = -1

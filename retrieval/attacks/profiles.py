@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from retrieval.errors import UserError
-from retrieval.pgd import PGDConfig
+from retrieval.robustness.pgd import PGDConfig
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import hashlib
 
 from fastapi import APIRouter, Request, Response
 
-from retrieval.thumbnails import media_type
+from retrieval.gallery.thumbnails import media_type
 from serve.errors import ServiceError
 from serve.routes import errors, service
 

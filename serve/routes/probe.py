@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import anyio
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
-from retrieval.pgd import SCHEDULES
+from retrieval.robustness.pgd import SCHEDULES
 from serve.errors import ServiceError
 from serve.probe import PROBE_ATTACKS, ProbeRequest, default_eps, probe_time_limit, run_probe
 from serve.routes import errors, service

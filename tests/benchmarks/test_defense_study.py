@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import defense_study as study
-from retrieval.ers import ATTACK_KEYS
+from retrieval.robustness.ers import ATTACK_KEYS
 from retrieval.errors import UserError
 
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
-from retrieval.bundle import BUNDLE_FILES, sha256_file, write_manifest
+from retrieval.models.bundle import BUNDLE_FILES, sha256_file, write_manifest
 
 SIZE = 8
 DIM = 16

@@ -11,7 +11,7 @@ from retrieval.attacks.base import NOT_IN_GALLERY, Batch, gallery_distances
 from retrieval.datasets import load_dataset
 from retrieval.distances import normalize
 from retrieval.errors import UserError
-from retrieval.pgd import PGDConfig
+from retrieval.robustness.pgd import PGDConfig
 
 GALLERY, QUERIES = 240, 64
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from retrieval.attacks import ATTACKS, attack_config, get_attack
-from retrieval.ers import HIGHER_IS_MORE_ROBUST
+from retrieval.robustness.ers import HIGHER_IS_MORE_ROBUST
 from test_attacks import QUERIES, data, gallery, model  # noqa: F401  (module-scoped fixtures)
 
 

@@ -13,7 +13,7 @@ from retrieval.attacks import Attack, Batch, Plan, attack_config, get_attack
 from retrieval.attacks.base import NOT_IN_GALLERY
 from retrieval.attacks.profiles import protocol
 from retrieval.errors import UserError
-from retrieval.pgd import PGDConfig
+from retrieval.robustness.pgd import PGDConfig
 
 CFG = PGDConfig(eps=0.01, alpha=0.01, steps=1)
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from bundle_fixtures import DIM, SIZE, make_bundle
 
-from retrieval.bundle import Bundle
-from retrieval.embedder import OnnxEmbedder
+from retrieval.models.bundle import Bundle
+from retrieval.gallery.embedder import OnnxEmbedder
 from retrieval.errors import UserError
 
 

@@ -1,5 +1,5 @@
-"""retrieval.bundle: hashing, the manifest's rules and every refusal of Bundle.load, with the message that names
-what is wrong (each a behaviour a mutant of retrieval/bundle.py changed without a test noticing)."""
+"""retrieval.models.bundle: hashing, the manifest's rules and every refusal of Bundle.load, with the message that names
+what is wrong (each a behaviour a mutant of retrieval/models/bundle.py changed without a test noticing)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from bundle_fixtures import make_bundle
 
-from retrieval.bundle import Bundle, sha256_file, verify_manifest, write_manifest
+from retrieval.models.bundle import Bundle, sha256_file, verify_manifest, write_manifest
 from retrieval.errors import UserError
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from retrieval.errors import UserError
-from retrieval.ers import ATTACK_KEYS, ers, ers_normalize
+from retrieval.robustness.ers import ATTACK_KEYS, ers, ers_normalize
 
 ROWS_FILE = Path(__file__).with_name("ers_rows.csv")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from retrieval.errors import UserError
-from retrieval.ers import ATTACK_KEYS, ers, ers_interval, ers_normalize
+from retrieval.robustness.ers import ATTACK_KEYS, ers, ers_interval, ers_normalize
 
 RAW = dict(zip(ATTACK_KEYS, (15.5, 37.7, 16.6, 30.9, 0.753, 0.506, 17.9, 16.7, 27.3, 2.9)))
 

@@ -1,11 +1,11 @@
-"""retrieval.ers.ers_interval: the parts of its contract the broader ERS tests left open (defaults, the level's
+"""retrieval.robustness.ers.ers_interval: the parts of its contract the broader ERS tests left open (defaults, the level's
 meaning, the numeric type of the inputs)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from retrieval.ers import ATTACK_KEYS, ers_interval
+from retrieval.robustness.ers import ATTACK_KEYS, ers_interval
 
 
 def _per_query(queries: int = 40, seed: int = 3) -> dict[str, np.ndarray]:

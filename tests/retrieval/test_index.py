@@ -14,10 +14,10 @@ from bundle_fixtures import DIM, SIZE, make_bundle
 from PIL import Image
 from typer.testing import CliRunner
 
-import retrieval.index as index_module
-from retrieval.bundle import Bundle
+import retrieval.gallery.index as index_module
+from retrieval.models.bundle import Bundle
 from retrieval.errors import UserError
-from retrieval.index import GalleryIndex, choose_index_type, memory_estimate, metadata_table
+from retrieval.gallery.index import GalleryIndex, choose_index_type, memory_estimate, metadata_table
 from serve.cli import app
 
 

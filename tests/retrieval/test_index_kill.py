@@ -15,8 +15,8 @@ import pytest
 from bundle_fixtures import SIZE, make_bundle
 from PIL import Image
 
-from retrieval.generations import resolve_current
-from retrieval.index import GalleryIndex
+from retrieval.gallery.generations import resolve_current
+from retrieval.gallery.index import GalleryIndex
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ import pytest
 from bundle_fixtures import make_bundle
 from test_index_kill import images
 
-from retrieval.generations import resolve_current
-from retrieval.index import GalleryIndex
+from retrieval.gallery.generations import resolve_current
+from retrieval.gallery.index import GalleryIndex
 
 pytestmark = pytest.mark.slow
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}

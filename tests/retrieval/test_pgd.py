@@ -10,7 +10,7 @@ from torch import nn
 
 from retrieval.attacks import ATTACKS, attack_config, get_attack
 from retrieval.datasets import load_dataset
-from retrieval.pgd import PGDConfig, apgd_checkpoints, pgd
+from retrieval.robustness.pgd import PGDConfig, apgd_checkpoints, pgd
 
 TARGETS = torch.tensor([0.53, 0.61, 0.47, 0.75]).view(4, 1, 1, 1)
 

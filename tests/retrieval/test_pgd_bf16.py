@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from retrieval.distances import normalize
-from retrieval.pgd import PGDConfig, pgd
+from retrieval.robustness.pgd import PGDConfig, pgd
 
 
 class Net(nn.Module):

@@ -1,5 +1,5 @@
-"""retrieval.pgd: the configuration's rules, the random start and restarts, ties under keep_best, and the noise's
-bounds (each a behaviour a sampled mutant of retrieval/pgd.py changed without a test noticing)."""
+"""retrieval.robustness.pgd: the configuration's rules, the random start and restarts, ties under keep_best, and the noise's
+bounds (each a behaviour a sampled mutant of retrieval/robustness/pgd.py changed without a test noticing)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from retrieval.pgd import PGDConfig, bf16_is_fast, pgd, uniform_noise
+from retrieval.robustness.pgd import PGDConfig, bf16_is_fast, pgd, uniform_noise
 
 
 def _images(k: int = 3, seed: int = 0) -> torch.Tensor:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from retrieval.pgd import PGDConfig, bf16_is_fast, pgd
+from retrieval.robustness.pgd import PGDConfig, bf16_is_fast, pgd
 
 
 def test_a_scalar_objective_is_one_item():

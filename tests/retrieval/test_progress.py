@@ -15,7 +15,7 @@ from torch import nn
 
 from retrieval.errors import UserError
 from retrieval.progress import INTERVAL_ENV, Bar, progress_bar, time_left, tracked
-from retrieval.robustness import evaluate_robustness
+from retrieval.robustness.evaluation import evaluate_robustness
 from training.runlog import TrainProgress
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from retrieval.images import decode_image
 from retrieval.protocol import LARGE, SMALL, protocol_for
-from retrieval.robustness import evaluate_robustness
+from retrieval.robustness.evaluation import evaluate_robustness
 from serve.probe import default_eps
 from serve.settings import Settings
 from serve.decoding import DecodePool

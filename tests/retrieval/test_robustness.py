@@ -9,8 +9,8 @@ from torch import nn
 from retrieval.datasets import load_dataset
 from retrieval.distances import normalize
 from retrieval.errors import UserError
-from retrieval.ers import ATTACK_KEYS, ers
-from retrieval.robustness import _per_query_noise, evaluate_robustness
+from retrieval.robustness.ers import ATTACK_KEYS, ers
+from retrieval.robustness.evaluation import _per_query_noise, evaluate_robustness
 
 
 class LinearEmbedder(nn.Module):

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from retrieval.datasets import load_dataset
-from retrieval.pgd import PGDConfig, pgd, uniform_noise
-from retrieval.robustness import evaluate_robustness
+from retrieval.robustness.pgd import PGDConfig, pgd, uniform_noise
+from retrieval.robustness.evaluation import evaluate_robustness
 
 EPS = 0.1
 

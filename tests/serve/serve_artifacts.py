@@ -1,5 +1,5 @@
 """A tiny but real bundle and index for the service tests and benchmarks: C2F2 trained for a few dozen triplet
-steps on Fashion-MNIST, exported through training.export, gallery indexed through retrieval.index."""
+steps on Fashion-MNIST, exported through training.export, gallery indexed through retrieval.gallery.index."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import torch
 
 from retrieval.atomic import atomic_path
 from retrieval.datasets import load_dataset
-from retrieval.index import METADATA_FILE, GalleryIndex, metadata_table
-from retrieval.embedder import OnnxEmbedder
+from retrieval.gallery.index import METADATA_FILE, GalleryIndex, metadata_table
+from retrieval.gallery.embedder import OnnxEmbedder
 from retrieval.images import sha256_bytes
-from retrieval.thumbnails import encode_pixels
+from retrieval.gallery.thumbnails import encode_pixels
 from training.export import export_bundle
 from training.losses.triplet import triplet_loss
-from training.models import build_model
+from retrieval.models import build_model
 
 GALLERY = 1000
 QUERIES = 200
@@ -66,7 +66,7 @@ def write_index(
     classes: list[str | None] | None = None,
 ) -> None:
     """A flat index of `images`; `classes` names each label (None: an index without class names)."""
-    from retrieval.bundle import Bundle
+    from retrieval.models.bundle import Bundle
 
     bundle = Bundle.load(bundle_dir)
     vectors = OnnxEmbedder(bundle).embed(images)
@@ -78,8 +78,8 @@ def write_index(
 
 def as_built_before_class_names(index: Path) -> None:
     """Rewrite the current generation's metadata in the layout indexes had before the class_name column."""
-    from retrieval.bundle import sha256_file
-    from retrieval.generations import resolve_current
+    from retrieval.models.bundle import sha256_file
+    from retrieval.gallery.generations import resolve_current
 
     generation = resolve_current(index)
     metadata, manifest_path = generation / METADATA_FILE, generation / "manifest.json"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.bundle import BUNDLE_FILES, MODEL_FILE, sha256_file, write_manifest
+from retrieval.models.bundle import BUNDLE_FILES, MODEL_FILE, sha256_file, write_manifest
 from serve.app import create_app
 from serve_helpers import API_KEY, LiveServer, png
 

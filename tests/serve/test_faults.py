@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from retrieval.generations import resolve_current
-from retrieval.index import GalleryIndex, metadata_table
+from retrieval.gallery.generations import resolve_current
+from retrieval.gallery.index import GalleryIndex, metadata_table
 from serve.app import create_app
 
 

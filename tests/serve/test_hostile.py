@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 import bombs
-from retrieval.bundle import sha256_file
+from retrieval.models.bundle import sha256_file
 from serve.app import create_app
 from serve_helpers import ADMIN_KEY, API_KEY, LiveServer, png
 from test_security import captured_logs
@@ -314,7 +314,7 @@ BUNDLE_EDITS = {
 
 @pytest.mark.parametrize("name", BUNDLE_EDITS)
 def test_hostile_bundle_manifests_are_refused(artifacts, tmp_path, name):
-    from retrieval.bundle import Bundle
+    from retrieval.models.bundle import Bundle
     from retrieval.errors import UserError
 
     bundle = shutil.copytree(artifacts.bundle, tmp_path / "bundle")
@@ -326,7 +326,7 @@ def test_hostile_bundle_manifests_are_refused(artifacts, tmp_path, name):
 
 
 def test_a_bundle_file_symlinked_out_of_its_directory_is_refused(artifacts, tmp_path):
-    from retrieval.bundle import Bundle
+    from retrieval.models.bundle import Bundle
     from retrieval.errors import UserError
 
     bundle = shutil.copytree(artifacts.bundle, tmp_path / "bundle")

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from retrieval import thumbnails as thumbnails_module
+from retrieval.gallery import thumbnails as thumbnails_module
 from retrieval.errors import UserError
-from retrieval.index import GalleryIndex
+from retrieval.gallery.index import GalleryIndex
 from serve.app import create_app
 from serve.cli import app as cli
 from serve_helpers import LiveServer

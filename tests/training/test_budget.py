@@ -18,7 +18,7 @@ from retrieval.datasets import load_dataset
 from retrieval.errors import UserError
 from retrieval import distributed
 from training.checkpoint import load_checkpoint
-from training.method import parse_method
+from training.defenses.notation import parse_method
 from training.trainer import Trainer, _validation_data, train
 
 QUIET = Console(quiet=True)

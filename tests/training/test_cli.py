@@ -12,7 +12,7 @@ from training_runs import write_folder, write_idx
 
 from serve.cli import main
 from training.config import PRESETS, PRODUCT_METHOD, build_config
-from training.method import format_method, parse_method
+from training.defenses.notation import format_method, parse_method
 
 TINY = ["--batch-pairs", "8", "--train-subset", "32", "--val-subset", "16", "--device", "cpu", "--num-workers", "0"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from training_runs import write_folder, write_idx
 
-from retrieval.ers import ATTACK_KEYS, ers, ers_normalize
+from retrieval.robustness.ers import ATTACK_KEYS, ers, ers_normalize
 from serve.cli import main
 
 TINY = ["--batch-pairs", "8", "--train-subset", "32", "--val-subset", "16", "--device", "cpu", "--num-workers", "0",

@@ -12,7 +12,7 @@ from torch import nn
 
 from retrieval.distances import normalize
 from retrieval.errors import UserError
-from retrieval.pgd import AUTO_PRECISION_VARIABLE, auto_precision, bf16_is_fast
+from retrieval.robustness.pgd import AUTO_PRECISION_VARIABLE, auto_precision, bf16_is_fast
 from training.defenses import build_defense
 from training.defenses.act import AntiCollapse
 from training.defenses.base import clean_embeddings
@@ -20,7 +20,7 @@ from training.defenses.config import DefenseConfig
 from training.defenses.lga import LGADestination
 from training.defenses.hm import MinMax
 from training.losses import hardness, ics_loss
-from training.method import parse_method
+from training.defenses.notation import parse_method
 from training.miners import get_miner
 
 N = 8  # pairs per batch
@@ -150,7 +150,7 @@ def test_excluding_settled_triplets_does_not_change_the_attack(batch):
     about which images enter PGD, and only float64 keeps a k-row and a 3N-row batch from rounding (and so from
     flipping near-zero gradient signs) differently on some CPUs."""
     model, images, labels = batch
-    from retrieval.pgd import PGDConfig, pgd
+    from retrieval.robustness.pgd import PGDConfig, pgd
     from training.defenses.hm import EARLY_STOP_TOL
     from training.defenses.lga import hm_objective
 

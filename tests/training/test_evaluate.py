@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from retrieval.errors import UserError
-from training.checkpoint import load_trained
-from training.models import build_model
+from retrieval.models.loading import load_trained
+from retrieval.models import build_model
 
 
 @pytest.fixture()

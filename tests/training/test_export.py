@@ -11,16 +11,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from retrieval.bundle import Bundle
+from retrieval.models.bundle import Bundle
 from retrieval.datasets import load_dataset
-from retrieval.embedder import OnnxEmbedder
+from retrieval.gallery.embedder import OnnxEmbedder
 from retrieval.errors import UserError
-from retrieval.index import GalleryIndex, metadata_table
+from retrieval.gallery.index import GalleryIndex, metadata_table
 from serve.cli import app
 from training.config import TrainConfig
-from training.export import export_bundle, load_torch_model
-from training.method import parse_method
-from training.models import build_model
+from retrieval.models.loading import load_trained
+from training.export import export_bundle
+from training.defenses.notation import parse_method
+from retrieval.models import build_model
 
 METHOD = "HM[S,gLGA]&ICS"
 
@@ -99,7 +100,7 @@ def test_identical_top10_neighbours(exported: tuple[torch.nn.Module, Bundle], im
 
 def test_torch_model_rebuilt_from_safetensors(exported: tuple[torch.nn.Module, Bundle], images: torch.Tensor) -> None:
     model, bundle = exported
-    rebuilt = load_torch_model(bundle.path)
+    rebuilt = load_trained(bundle.path).model
     assert not rebuilt.training
     for name, tensor in model.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[name], tensor)
@@ -117,7 +118,7 @@ def test_tampered_bundle_is_refused(exported: tuple[torch.nn.Module, Bundle], tm
     data[-1] ^= 1
     (copy / "weights.safetensors").write_bytes(bytes(data))
     with pytest.raises(UserError, match="weights.safetensors"):
-        load_torch_model(copy)
+        load_trained(copy)
 
 
 def test_bare_checkpoint_without_run_files(tmp_path: Path) -> None:

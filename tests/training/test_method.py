@@ -1,4 +1,4 @@
-"""The paper notation <-> DefenseConfig (training/defenses/notation.py, imported as training.method)."""
+"""The paper notation <-> DefenseConfig (training/defenses/notation.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from retrieval.errors import UserError
 from training.defenses import DEFENSES, build_defense
 from training.defenses.config import DefenseConfig, validate
 from training.defenses.none import Regular
-from training.method import format_method, grammar, parse_method, said
+from training.defenses.notation import format_method, grammar, parse_method, said
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from retrieval.distances import distance_matrix
 from retrieval.errors import UserError
 from training.losses import hardness, triplet_loss
 from training.miners import LETTERS, MINERS, get_miner
-from training.models import build_model
+from retrieval.models import build_model
 
 ALL = sorted(MINERS)
 

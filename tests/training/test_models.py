@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-import training.models.resnet18 as resnet18_module
+import retrieval.models.resnet18 as resnet18_module
 from retrieval.errors import UserError
-from training.models import ARCHS, build_model
+from retrieval.models import ARCHS, build_model
 
 
 def batchnorms(model: nn.Module) -> list[nn.BatchNorm2d]:

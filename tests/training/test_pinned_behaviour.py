@@ -13,14 +13,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from retrieval.pgd import PGDConfig, pgd
+from retrieval.robustness.pgd import PGDConfig, pgd
 from test_defenses import N, Recorder, Tiny, batch, copies, replay, run  # noqa: F401  (batch is a fixture)
 from training.defenses import build_defense
 from training.defenses.base import clean_embeddings
 from training.defenses.hm import EARLY_STOP_TOL
 from training.defenses.lga import hm_objective
 from training.losses import hardness, ics_loss
-from training.method import parse_method
+from training.defenses.notation import parse_method
 from training.miners import get_miner
 
 

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from retrieval.datasets import load_dataset
-from retrieval.ers import ATTACK_KEYS, ers, ers_normalize
+from retrieval.robustness.ers import ATTACK_KEYS, ers, ers_normalize
 from retrieval.errors import UserError
-from retrieval.robustness import evaluate_robustness
+from retrieval.robustness.evaluation import evaluate_robustness
 from training.report import (COLUMNS, attack_scores, load_run, markdown_table, robustness_markdown, scatter_series,
                              write_report)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_defenses import Tiny
 
-from retrieval.ers import normalized_score
+from retrieval.robustness.ers import normalized_score
 from training.validation import validate
 
 

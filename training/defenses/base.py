@@ -1,6 +1,6 @@
 """The Defense interface and what every training strategy shares: PGD budget, clean mining forward, statistics.
 
-A defense turns one SPC-2 batch into the loss to back-propagate. Its attack runs through `retrieval.pgd.pgd` (eval
+A defense turns one SPC-2 batch into the loss to back-propagate. Its attack runs through `retrieval.robustness.pgd.pgd` (eval
 mode, no parameter gradients); its training forward runs through the model as given, in train mode, so a DDP wrapper
 synchronises the gradients. Every defense makes exactly one training forward per iteration (DDP expects one).
 
@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from retrieval.pgd import PGDConfig, PGDResult, auto_precision, frozen, pgd, unwrap
+from retrieval.robustness.pgd import PGDConfig, PGDResult, auto_precision, frozen, pgd, unwrap
 from retrieval.protocol import protocol_for
 from training.defenses.config import DEFENSES, DefenseConfig
 from training.defenses.notation import format_method

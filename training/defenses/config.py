@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from retrieval.errors import UserError
-from retrieval.pgd import SCHEDULES
+from retrieval.robustness.pgd import SCHEDULES
 from training.miners import LETTERS, MINERS
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from retrieval.pgd import unwrap
+from retrieval.robustness.pgd import unwrap
 from training.defenses.base import Defense, Stats, clean_embeddings, mean, moved_triplets, source_miner, train_forward
 from training.defenses.config import DefenseConfig
 from training.defenses.lga import MAX_HARDNESS, LGADestination, MinerDestination, build_destination, check_destination

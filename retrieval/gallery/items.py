@@ -2,7 +2,7 @@
 
 Image files are read once: the same bytes are hashed (metadata `sha256`) and decoded by retrieval.images, so the
 hash always describes exactly what was embedded. In-memory datasets (the MNISTs) hash their uint8 pixel bytes.
-With `thumbnails=True` each kept item also gets its preview (retrieval.thumbnails) from those same decoded pixels.
+With `thumbnails=True` each kept item also gets its preview (retrieval.gallery.thumbnails) from those same decoded pixels.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import torch
 
 from retrieval.atomic import atomic_path, atomic_write_json
 from retrieval.datasets import ImageDataset
-from retrieval.embedder import OnnxEmbedder
+from retrieval.gallery.embedder import OnnxEmbedder
 from retrieval.errors import UserError
 from retrieval.images import ImageError, eval_transform, is_image_file, open_image, sha256_bytes
-from retrieval.index import metadata_table
+from retrieval.gallery.index import metadata_table
 from retrieval.jsonfiles import read_json
-from retrieval.thumbnails import Thumbnails, encode, encode_pixels
+from retrieval.gallery.thumbnails import Thumbnails, encode, encode_pixels
 
 Progress = Callable[[int], None]
 
@@ -47,7 +47,7 @@ class GalleryItems:
     """One encoded preview per kept item when asked for, else None."""
 
     def write(self, directory: Path) -> None:
-        """One process's share of an `index` run, as files for rank 0 to join (retrieval.index_command)."""
+        """One process's share of an `index` run, as files for rank 0 to join (retrieval.gallery.command)."""
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(directory / "vectors.npy") as tmp, open(tmp, "wb") as fh:
             np.save(fh, self.vectors, allow_pickle=False)

@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from retrieval.bundle import Bundle
+from retrieval.models.bundle import Bundle
 from retrieval.errors import UserError
 from retrieval.threads import default_threads
 

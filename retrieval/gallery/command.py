@@ -17,10 +17,10 @@ from retrieval.errors import UserError
 from retrieval.progress import tracked
 
 if TYPE_CHECKING:
-    from retrieval.bundle import Bundle
+    from retrieval.models.bundle import Bundle
     from retrieval.distributed import Processes
-    from retrieval.gallery import GalleryItems
-    from retrieval.index import GalleryIndex
+    from retrieval.gallery.items import GalleryItems
+    from retrieval.gallery.index import GalleryIndex
 
 
 def index(
@@ -43,9 +43,9 @@ def index(
 ) -> None:
     """Embed a gallery with a bundle's ONNX model and build (or --append to) a FAISS index. Under torchrun each
     process embeds its part (the dataset and -o must be reachable from every machine); rank 0 publishes."""
-    from retrieval.bundle import Bundle  # late imports keep `--help` of every command fast
+    from retrieval.models.bundle import Bundle  # late imports keep `--help` of every command fast
     from retrieval.distributed import started
-    from retrieval.index import INDEX_TYPES
+    from retrieval.gallery.index import INDEX_TYPES
 
     if (dataset is None) == (images is None):
         raise UserError("give exactly one of --dataset or --images")
@@ -62,9 +62,9 @@ def _index(
     thumbnails: bool | None,
 ) -> None:
     from retrieval.datasets import load_dataset, parse_dataset_spec
-    from retrieval.embedder import OnnxEmbedder
-    from retrieval.gallery import embed_dataset, embed_files, image_files
-    from retrieval.index import GalleryIndex
+    from retrieval.gallery.embedder import OnnxEmbedder
+    from retrieval.gallery.items import embed_dataset, embed_files, image_files
+    from retrieval.gallery.index import GalleryIndex
     from retrieval.threads import use_faiss_threads
 
     threads = use_faiss_threads(threads)
@@ -139,8 +139,8 @@ def _append_settings(
 def _joined(processes: Processes, out: Path, mine: GalleryItems) -> GalleryItems | None:
     """Every process's items, in rank order, on rank 0 (None on the others): each writes its part into a staging
     folder in `out` (shared by all machines), and rank 0 reads them once all are in. A staging folder left by a
-    killed run is never published and is pruned like the generations' own (retrieval.generations)."""
-    from retrieval.gallery import GalleryItems
+    killed run is never published and is pruned like the generations' own (retrieval.gallery.generations)."""
+    from retrieval.gallery.items import GalleryItems
 
     staging = Path(processes.agreed(lambda: tempfile.mkdtemp(prefix=".staging-parts-", dir=_made(out))))
     mine.write(staging / f"rank-{processes.rank}")

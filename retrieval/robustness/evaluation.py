@@ -26,9 +26,9 @@ from retrieval.datasets import ImageDataset
 from retrieval.distances import normalize
 from retrieval.distributed import Processes
 from retrieval.errors import UserError
-from retrieval.ers import ATTACK_KEYS, ers, ers_interval, ers_normalize
+from retrieval.robustness.ers import ATTACK_KEYS, ers, ers_interval, ers_normalize
 from retrieval.metrics import benign_metrics, embed
-from retrieval.pgd import uniform_noise
+from retrieval.robustness.pgd import uniform_noise
 from retrieval.progress import tracked
 from retrieval.protocol import protocol_for
 from retrieval.sampling import balanced_subset

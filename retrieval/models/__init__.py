@@ -5,8 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from retrieval.errors import UserError
-from training.models.c2f2 import C2F2
-from training.models.resnet18 import ResNet18
+from retrieval.models.c2f2 import C2F2
+from retrieval.models.resnet18 import ResNet18
 
 ARCHS: dict[str, type[nn.Module]] = {"c2f2": C2F2, "resnet18": ResNet18}
 

@@ -34,14 +34,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from retrieval import index_quality as quality
+from retrieval.gallery import quality
 from retrieval.atomic import atomic_path, atomic_write_json
-from retrieval.bundle import verify_manifest, write_manifest
+from retrieval.models.bundle import verify_manifest, write_manifest
 from retrieval.errors import UserError
-from retrieval.generations import publish, resolve_current
+from retrieval.gallery.generations import publish, resolve_current
 from retrieval.jsonfiles import read_json
 from retrieval.threads import serial_faiss
-from retrieval.thumbnails import FILES as THUMBNAIL_FILES, MAX_SIDE as THUMBNAIL_MAX_SIDE, Thumbnails
+from retrieval.gallery.thumbnails import FILES as THUMBNAIL_FILES, MAX_SIDE as THUMBNAIL_MAX_SIDE, Thumbnails
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf-pq")
 FLAT_MAX_BYTES = 32 << 20
@@ -114,7 +114,7 @@ def metadata_table(
 
 class GalleryIndex:
     """A FAISS index, one metadata row per vector (row i <-> FAISS id i), the facts in index_info.json and, unless
-    built without, one preview image per item (retrieval.thumbnails)."""
+    built without, one preview image per item (retrieval.gallery.thumbnails)."""
 
     def __init__(
         self, index: faiss.Index, metadata: pa.Table, info: dict[str, Any], thumbnails: Thumbnails | None = None

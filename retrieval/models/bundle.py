@@ -14,7 +14,7 @@ from typing import Any, Collection
 
 from retrieval.atomic import atomic_write_json
 from retrieval.errors import UserError
-from retrieval.generations import confined
+from retrieval.gallery.generations import confined
 from retrieval.jsonfiles import read_json
 
 MODEL_FILE = "model.onnx"
