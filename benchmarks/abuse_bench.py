@@ -7,8 +7,8 @@ Starts `robust-retrieval serve` from a source tree (this one by default; `--sour
 searches without pause (a new connection per request, as clients behind a balancer do) and a probe polls /readyz
 every 100 ms. Prints a table and records the run under `--label` in benchmarks/results/abuse_bench.json.
 
-    .venv/bin/python benchmarks/abuse_bench.py --label after
-    git worktree add /tmp/before e888e75 && .venv/bin/python benchmarks/abuse_bench.py --source /tmp/before --label before
+    .venv/bin/python -m benchmarks.abuse_bench --label after
+    git worktree add /tmp/before e888e75 && .venv/bin/python -m benchmarks.abuse_bench --source /tmp/before --label before
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ from typing import Callable
 import httpx
 from PIL import Image
 
+from benchmarks.serve_harness import wait_ready
+from tests.support import bombs  # the tests' bomb builders
+from tests.support.artifacts import build_artifacts
+from tests.support.ports import free_port
+from tests.support.service import png
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests" / "serve"), str(ROOT / "benchmarks")]
-import bombs  # noqa: E402  (the tests' bomb builders)
-from serve_artifacts import build_artifacts  # noqa: E402
-from serve_helpers import png  # noqa: E402
-from serve_harness import free_port, wait_ready  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "abuse_bench.json"
 ATTACK_TIMEOUT_S = 120.0

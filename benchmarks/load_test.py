@@ -2,7 +2,7 @@
 
 Pass criteria: zero 5xx, no connection dropped before its answer, and the server's resident memory in the last 10 s
 within 10% of the first 10 s.
-Prints a summary and writes benchmarks/results/load_test.json. Usage: python benchmarks/load_test.py [--seconds 60]
+Prints a summary and writes benchmarks/results/load_test.json. Usage: python -m benchmarks.load_test [--seconds 60]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from serve_harness import API_KEY, ROOT, artifacts, closed_loop, png, served, timed_post
+from benchmarks.serve_harness import API_KEY, ROOT, artifacts, closed_loop, png, served, timed_post
 
 from retrieval.atomic import atomic_write_json
 

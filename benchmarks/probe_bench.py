@@ -8,7 +8,7 @@ the flip search's trials. With --profile, cProfile's largest cumulative costs of
 
 With --root, the probe is that checkout's (git worktree add DIR REV), so two revisions compare on one machine:
 run both, one after the other, and compare CPU ms (the machine's load moves wall time far more).
-Usage: python benchmarks/probe_bench.py [--repeats 5] [--profile] [--root CHECKOUT] [--out FILE]
+Usage: python -m benchmarks.probe_bench [--repeats 5] [--profile] [--root CHECKOUT] [--out FILE]
 """
 
 from __future__ import annotations
@@ -39,13 +39,15 @@ def main() -> None:
                         help="where the 10k gallery is built once and kept")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "probe_bench.json")
     args = parser.parse_args()
+    import tests.support  # noqa: F401  (the helpers are this checkout's, whichever checkout --root names)
+
     sys.path.insert(0, str(args.root.resolve()))
-    sys.path.insert(1, str(ROOT / "benchmarks"))
     import torch
 
     from serve.engine import load_engine
     from serve.probe import ProbeRequest, default_eps, run_probe
-    from serve_harness import fashion_10k
+
+    from benchmarks.serve_harness import fashion_10k
 
     torch.set_num_threads(1)
     art = _gallery(args.workdir, fashion_10k)
@@ -97,7 +99,7 @@ def main() -> None:
 
 def _gallery(workdir: Path, build):
     """The 10k artifacts, built on the first run and kept in `workdir` (they take minutes on a busy machine)."""
-    from serve_artifacts import Artifacts
+    from tests.support.artifacts import Artifacts
 
     marker = workdir / "artifacts.pt"
     if marker.exists():

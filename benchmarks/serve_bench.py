@@ -17,7 +17,7 @@ smallest-flip search p50 <= 3 s.
 Cores: with two or more available, the server (and the floor) get the first core to themselves and wrk and py-spy run
 on the others, so CPU per request is the server's own work, not the cache and scheduling cost of sharing a core with
 its client; latency and req/s are those of a one-core server. With one core (or --shared-core) all share it.
-Usage: python benchmarks/serve_bench.py [--seconds 10] [--bodies multipart,raw] [--profile] [--shared-core]
+Usage: python -m benchmarks.serve_bench [--seconds 10] [--bodies multipart,raw] [--profile] [--shared-core]
                                        [--baseline CHECKOUT_OF_ANOTHER_REVISION]
 """
 
@@ -41,7 +41,7 @@ import httpx
 import torch
 from rich.console import Console
 from rich.table import Table
-from serve_harness import API_KEY, ROOT, cpu_seconds, fashion_10k, png, served, tree_cpu_seconds
+from benchmarks.serve_harness import API_KEY, ROOT, cpu_seconds, fashion_10k, png, served, tree_cpu_seconds
 
 from retrieval.atomic import atomic_write_json
 from retrieval.images import decode_array

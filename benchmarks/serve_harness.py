@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,11 +21,10 @@ API_KEY = "bench-key"
 KEEPALIVE_EXPIRY_S = 4.0
 """Below the service's idle keep-alive (5 s): httpx's default, equal to it, loses a request now and then to the race
 between the server closing an idle connection and the client reusing it (README, "Limits under hostile clients")."""
-sys.path.insert(0, str(ROOT / "tests" / "serve"))
-from serve_artifacts import Artifacts, build_artifacts, write_index  # noqa: E402  (the tests' artifact builder)
-from serve_helpers import png  # noqa: E402
-
-from retrieval.datasets import load_dataset  # noqa: E402
+from retrieval.datasets import load_dataset
+from tests.support.artifacts import Artifacts, build_artifacts, write_index  # the tests\' artifact builder
+from tests.support.ports import free_port
+from tests.support.service import png
 
 
 def artifacts(workdir: Path) -> Artifacts:
@@ -61,12 +59,6 @@ def tree_cpu_seconds(pid: int) -> float:
             for task in Path(f"/proc/{current}/task").iterdir():
                 pending += [int(child) for child in (task / "children").read_text().split()]
     return total
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:

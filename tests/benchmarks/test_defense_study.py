@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import defense_study as study
+from benchmarks import defense_study as study
 from retrieval.robustness.ers import ATTACK_KEYS
 from retrieval.errors import UserError
 

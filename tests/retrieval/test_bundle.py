@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle_fixtures import DIM, SIZE, make_bundle
 
 from retrieval.models.bundle import Bundle
 from retrieval.gallery.embedder import OnnxEmbedder
 from retrieval.errors import UserError
+from tests.support.bundles import DIM, SIZE, make_bundle
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-from bundle_fixtures import make_bundle
 
 from retrieval.models.bundle import Bundle, sha256_file, verify_manifest, write_manifest
 from retrieval.errors import UserError
+from tests.support.bundles import make_bundle
 
 
 @pytest.fixture(scope="module")

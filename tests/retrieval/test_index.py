@@ -10,7 +10,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from bundle_fixtures import DIM, SIZE, make_bundle
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -19,6 +18,7 @@ from retrieval.models.bundle import Bundle
 from retrieval.errors import UserError
 from retrieval.gallery.index import GalleryIndex, choose_index_type, memory_estimate, metadata_table
 from serve.cli import app
+from tests.support.bundles import DIM, SIZE, make_bundle
 
 
 def clustered(n: int, dim: int, seed: int = 0, clusters: int = 40) -> np.ndarray:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundle_fixtures import SIZE, make_bundle
 from PIL import Image
 
 from retrieval.gallery.generations import resolve_current
 from retrieval.gallery.index import GalleryIndex
+from tests.support.bundles import SIZE, make_bundle
 
 pytestmark = pytest.mark.slow
 

@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from bundle_fixtures import make_bundle
 from test_index_kill import images
 
 from retrieval.gallery.generations import resolve_current
 from retrieval.gallery.index import GalleryIndex
+from tests.support.bundles import make_bundle
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def index(processes: int, *args: str, succeeds: bool = True) -> str:

@@ -9,8 +9,8 @@ import pytest
 
 from serve.app import create_app
 from serve.settings import Settings
-from serve_artifacts import Artifacts, build_artifacts
-from serve_helpers import ADMIN_KEY, API_KEY, LiveServer
+from tests.support.artifacts import Artifacts, build_artifacts
+from tests.support.service import ADMIN_KEY, API_KEY, LiveServer
 
 
 @pytest.fixture(scope="session")

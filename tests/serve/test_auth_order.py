@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from serve.app import create_app
 from serve.settings import Settings
-from serve_helpers import ADMIN_KEY, API_KEY, LiveServer, png
 from test_hostile import TIMEOUT_S, _exchange, _status_and_code
+from tests.support.service import ADMIN_KEY, API_KEY, LiveServer, png
 
 NEAR_MISSES = {"prefix": API_KEY[:-1], "suffix": API_KEY + "x", "other case": API_KEY.upper(), "empty": ""}
 

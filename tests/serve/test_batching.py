@@ -12,8 +12,8 @@ from retrieval.images import decode_image
 from serve.batching import SearchBatcher
 from serve.engine import load_engine, load_index
 from serve.metrics import Metrics
-from serve_artifacts import write_index
-from serve_helpers import png
+from tests.support.artifacts import write_index
+from tests.support.service import png
 
 DEADLINE_S = 60
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from retrieval.models.bundle import BUNDLE_FILES, MODEL_FILE, sha256_file, write_manifest
 from serve.app import create_app
-from serve_helpers import API_KEY, LiveServer, png
+from tests.support.service import API_KEY, LiveServer, png
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
 from selenium.common.exceptions import TimeoutException  # noqa: E402

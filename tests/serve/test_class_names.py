@@ -8,8 +8,8 @@ import pytest
 
 from retrieval.datasets import load_dataset
 from serve.app import create_app
-from serve_artifacts import as_built_before_class_names, write_index
-from serve_helpers import API_KEY, LiveServer, png
+from tests.support.artifacts import as_built_before_class_names, write_index
+from tests.support.service import API_KEY, LiveServer, png
 
 FASHION_MNIST = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                  "Ankle boot"]

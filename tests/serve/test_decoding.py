@@ -11,10 +11,10 @@ import signal
 import pytest
 from PIL import Image
 
-import bombs
 from retrieval.images import CorruptImage
 from serve.decoding import DecodePool
-from serve_helpers import png
+from tests.support import bombs
+from tests.support.service import png
 
 TIMEOUT_S = 60
 

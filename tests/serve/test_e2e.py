@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from serve.app import create_app, default_loader
-from serve_helpers import API_KEY, LiveServer, png
+from tests.support.service import API_KEY, LiveServer, png
 
 
 def test_readyz_is_503_until_loaded_and_warmed(make_settings):

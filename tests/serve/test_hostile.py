@@ -1,4 +1,4 @@
-"""Issue 12: the service under hostile clients. Decode bombs built here (tests/serve/bombs.py, nothing committed),
+"""Issue 12: the service under hostile clients. Decode bombs built here (tests/support/bombs.py, nothing committed),
 transport abuse over raw sockets, log injection and hostile index directories; after each, /readyz and an ordinary
 /search still answer. Every wait has a deadline (client and socket timeouts), none asserts a speed."""
 
@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import bombs
 from retrieval.models.bundle import sha256_file
 from serve.app import create_app
-from serve_helpers import ADMIN_KEY, API_KEY, LiveServer, png
 from test_security import captured_logs
 from test_uploads import _png_header_only
+from tests.support import bombs
+from tests.support.service import ADMIN_KEY, API_KEY, LiveServer, png
 
 TIMEOUT_S = 20
 """Client deadline of every request here; each bomb cost the old decoder from seconds to minutes."""

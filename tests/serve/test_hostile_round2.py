@@ -19,12 +19,12 @@ import httpx
 import pytest
 from PIL import Image
 
-import bombs
 import serve.decoding as decoding
 from retrieval.images import DecodeTimeLimit
 from serve.app import create_app
 from serve.decoding import DecodePool
-from serve_helpers import API_KEY, LiveServer, png
+from tests.support import bombs
+from tests.support.service import API_KEY, LiveServer, png
 
 TIMEOUT_S = 60
 

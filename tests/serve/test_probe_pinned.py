@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from retrieval.atomic import atomic_path
 from retrieval.attacks.profiles import PROFILES
 from serve.app import create_app
-from serve_artifacts import write_index
-from serve_helpers import API_KEY, png
+from tests.support.artifacts import write_index
+from tests.support.service import API_KEY, png
 from training.export import export_bundle
 
 BUNDLE_EPS = 5 / 255

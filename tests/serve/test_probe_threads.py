@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from serve.app import create_app
 from serve.routes import probe as probe_route
-from serve_helpers import API_KEY, png
+from tests.support.service import API_KEY, png
 
 
 def test_probe_uses_the_count_set_at_start_up_without_setting_it_per_request(make_settings, artifacts, monkeypatch):

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from serve.app import create_app
-from serve_artifacts import write_index
-from serve_helpers import ADMIN_KEY, LiveServer, png
+from tests.support.artifacts import write_index
+from tests.support.service import ADMIN_KEY, LiveServer, png
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,20 +19,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_artifacts import GALLERY
-from serve_helpers import ADMIN_KEY, png
+from tests.support.artifacts import GALLERY
+from tests.support.ports import free_port
+from tests.support.service import ADMIN_KEY, png
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 600
 CLIENTS, PER_CLIENT_RATE = 4, 10.0
 """40 requests/s in all: under deploy/nginx.conf's 50/s per client address, so nginx's own limit never answers 429."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def nginx_config(directory: Path, replicas: list[int], edge: int) -> Path:

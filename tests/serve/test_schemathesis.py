@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
 from serve.app import create_app
-from serve_helpers import ADMIN_KEY, API_KEY, LiveServer
+from tests.support.service import ADMIN_KEY, API_KEY, LiveServer
 
 EXAMPLES_PER_OPERATION = 12
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from serve.schemas import SearchResponse
-from serve_helpers import png
+from tests.support.service import png
 
 
 @pytest.mark.parametrize("top_k", ["0", "101", "ten", "", "9" * 5000, "-1", "1.5"])

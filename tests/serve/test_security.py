@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from serve.app import create_app
 from serve.log import RequestIdFilter
-from serve_helpers import ADMIN_KEY, API_KEY, png
+from tests.support.service import ADMIN_KEY, API_KEY, png
 
 
 def _probe(client, artifacts, **headers):

@@ -16,7 +16,7 @@ from retrieval.errors import UserError
 from retrieval.gallery.index import GalleryIndex
 from serve.app import create_app
 from serve.cli import app as cli
-from serve_helpers import LiveServer
+from tests.support.service import LiveServer
 
 
 def _index(*args: str):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_helpers import API_KEY, png
+from tests.support.service import API_KEY, png
 
 
 def _encoded(image: Image.Image, fmt: str, **options) -> bytes:

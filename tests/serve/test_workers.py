@@ -11,7 +11,6 @@ import json
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,18 +26,13 @@ from serve.app import create_app
 from serve.metrics import Metrics
 from serve.server import _answers
 from serve.state import ServiceState
-from serve_helpers import ADMIN_KEY, LiveServer, png
 from test_security import captured_logs
 from test_reload import second_index  # noqa: F401  (fixture: a second gallery inside the index root)
+from tests.support.ports import free_port
+from tests.support.service import ADMIN_KEY, LiveServer, png
 
 READY_TIMEOUT_S = 300
 """Deadline for two workers to load torch, the model and the index on a CPU shared with the busy loops."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen):
@@ -144,7 +138,7 @@ def _stop(server: subprocess.Popen) -> None:
 
 def _serve(artifacts, tmp_path, *extra: str) -> tuple[str, subprocess.Popen]:
     """`robust-retrieval serve` on a free port, its log in tmp_path/serve.log."""
-    port = _free_port()
+    port = free_port()
     env = os.environ | {"RR_ADMIN_KEY": ADMIN_KEY, "RR_THREADS": "1"}
     log = open(tmp_path / "serve.log", "wb")
     server = subprocess.Popen(

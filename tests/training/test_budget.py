@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from rich.console import Console
-from training_runs import tiny_config, write_folder, write_idx
 
+from tests.support.training_runs import tiny_config, write_folder, write_idx
 import training.trainer as trainer_module
 from retrieval.datasets import load_dataset
 from retrieval.errors import UserError

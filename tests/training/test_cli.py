@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from training_runs import write_folder, write_idx
 
 from serve.cli import main
+from tests.support.training_runs import write_folder, write_idx
 from training.config import PRESETS, PRODUCT_METHOD, build_config
 from training.defenses.notation import format_method, parse_method
 

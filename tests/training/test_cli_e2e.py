@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from training_runs import write_folder, write_idx
 
 from retrieval.robustness.ers import ATTACK_KEYS, ers, ers_normalize
 from serve.cli import main
+from tests.support.training_runs import write_folder, write_idx
 
 TINY = ["--batch-pairs", "8", "--train-subset", "32", "--val-subset", "16", "--device", "cpu", "--num-workers", "0",
         "--max-steps", "2", "--pgd-steps", "1"]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from training_runs import write_folder
 
 from retrieval.datasets import load_dataset
 from retrieval.errors import UserError
 from retrieval.sampling import balanced_subset
+from tests.support.training_runs import write_folder
 from training.data import SPC2Sampler, TrainBatches
 
 LABELS = torch.tensor([0] * 10 + [1] * 7 + [2] * 2 + [3] * 1)

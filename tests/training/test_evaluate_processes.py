@@ -4,28 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from training_runs import write_idx
 
 from retrieval.robustness.ers import ATTACK_KEYS
 from serve.cli import main
+from tests.support.ports import free_port
+from tests.support.training_runs import write_idx
 
 TINY = ["--batch-pairs", "8", "--train-subset", "32", "--val-subset", "16", "--device", "cpu", "--num-workers", "0",
         "--max-steps", "2", "--pgd-steps", "1"]
 EVALUATE = ["--max-queries", "20", "--batch-size", "4", "--steps", "2", "--protocols", "rob28,strong", "--seed", "3",
             "--no-progress", "--device", "cpu"]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(processes: int, *args: str) -> list[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import sys
 
 import pytest
@@ -15,6 +14,7 @@ import torch.multiprocessing as mp
 
 from retrieval.robustness.pgd import PGDConfig, pgd
 from test_defenses import N, Recorder, Tiny, batch, copies, replay, run  # noqa: F401  (batch is a fixture)
+from tests.support.ports import free_port
 from training.defenses import build_defense
 from training.defenses.base import clean_embeddings
 from training.defenses.hm import EARLY_STOP_TOL
@@ -112,17 +112,11 @@ def _lga_rank(rank: int, world: int, port: int, out: str) -> None:
         torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo process group on POSIX")
 def test_lga_averages_the_adversarial_loss_over_processes(tmp_path):
     """u = 2.2 keeps the losses unclipped, so a sum and a mean over the two processes give different destinations."""
-    mp.start_processes(_lga_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_lga_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
     records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     mean = sum(r["adv_loss"] for r in records) / 2
     assert records[0]["adv_loss"] != pytest.approx(records[1]["adv_loss"])

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from training_runs import write_idx
 
 from retrieval.progress import INTERVAL_ENV
+from tests.support.training_runs import write_idx
 
 pytestmark = pytest.mark.slow
 

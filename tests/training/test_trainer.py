@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +12,10 @@ import pytest
 import torch
 from rich.console import Console
 from torch import nn
-from training_runs import tiny_config, write_idx
 
 from retrieval.errors import UserError
+from tests.support.ports import free_port
+from tests.support.training_runs import tiny_config, write_idx
 from training.checkpoint import KEYS, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.defenses.config import DefenseConfig
@@ -123,19 +123,13 @@ def test_collapsed_embeddings_are_flagged() -> None:
     assert mean_pairwise_cosine(torch.eye(5)) == 0.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_ddp_processes_end_with_identical_weights(tmp_path, data_root) -> None:
     out = tmp_path / "ddp"
     cfg = tiny_config(out, data_root, max_steps=3, val_subset=16, epochs=1)
-    helper = Path(__file__).with_name("ddp_train.py")
+    helper = Path(__file__).parents[1] / "support" / "ddp_train.py"
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-               "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(helper),
+               "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(helper),
                json.dumps(cfg.to_dict())]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
