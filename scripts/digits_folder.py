@@ -1,6 +1,6 @@
 """Write scikit-learn's bundled handwritten digits (1,797 8x8 images, offline) as a `folder` dataset of 28x28 PNGs.
 
-    python benchmarks/digits_folder.py runs/digits       # then: --dataset folder --data-root runs/digits
+    python scripts/digits_folder.py runs/digits       # then: --dataset folder --data-root runs/digits
 
 The `folder` reader's zero-shot split applies: digits 0-4 train, 5-9 test (about 900 images each).
 """

@@ -1,9 +1,9 @@
 """Mutation score of the algorithm and security modules, with mutmut (not part of CI: it takes hours in full).
 
     pip install -e '.[mutation]'
-    taskset -c 1 python benchmarks/mutation.py serve/paths.py retrieval/robustness/ers.py      # every mutant of two modules
-    taskset -c 1 python benchmarks/mutation.py retrieval/robustness/pgd.py --sample 60 --seed 1 # a seeded random sample
-    python benchmarks/mutation.py retrieval/robustness/ers.py --exclude tests/retrieval/test_ers_mutants.py  # score without a file
+    taskset -c 1 python scripts/mutation.py serve/paths.py retrieval/robustness/ers.py      # every mutant of two modules
+    taskset -c 1 python scripts/mutation.py retrieval/robustness/pgd.py --sample 60 --seed 1 # a seeded random sample
+    python scripts/mutation.py retrieval/robustness/ers.py --exclude tests/retrieval/test_ers_mutants.py  # score without a file
 
 Each module is mutated in its own scratch copy of a commit (`--rev`, default HEAD: the measured code is a commit,
 never a half-edited working tree) and checked against a fast subset of the suite: the test files listed for it below,
