@@ -1,5 +1,6 @@
-"""The bf16 PGD path on the CPU: the model's forward runs under bfloat16 autocast, the objective and the images stay
-float32, the budget holds, and the attack is about as strong as in float32."""
+"""The bf16 PGD path: where bf16 counts as fast (oneDNN's answer on the CPU, the GPU's own on CUDA); on the CPU the
+model's forward runs under bfloat16 autocast, the objective and the images stay float32, the budget holds, and the
+attack is about as strong as in float32."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from torch import nn
 
 from retrieval.distances import normalize
-from retrieval.robustness.pgd import PGDConfig, pgd
+from retrieval.robustness.pgd import PGDConfig, bf16_is_fast, pgd
 
 
 class Net(nn.Module):
@@ -56,3 +57,15 @@ def test_bf16_attack_is_about_as_strong_as_fp32():
     bf16, _, _, _, _ = attack("bf16")
     gain32, gain16 = before - float(fp32.objective.mean()), before - float(bf16.objective.mean())
     assert gain32 > 0.01 and gain16 == pytest.approx(gain32, rel=0.25)
+
+
+def test_on_cuda_bf16_is_fast_exactly_when_the_gpu_supports_it(monkeypatch):
+    """Asks the GPU, not the CPU's oneDNN check (the device is only named here: no GPU needed)."""
+    for supported in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert bf16_is_fast(torch.device("cuda")) is supported
+
+
+def test_bf16_is_fast_on_the_cpu_exactly_when_onednn_has_bf16_and_never_elsewhere_without_cuda():
+    assert bf16_is_fast(torch.device("cpu")) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert bf16_is_fast(torch.device("meta")) is False

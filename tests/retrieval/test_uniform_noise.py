@@ -1,13 +1,15 @@
-"""uniform_noise: PGD's random start and evaluation's random-noise baseline are one draw from the L-inf ball."""
+"""uniform_noise: PGD's random start and evaluation's random-noise baseline are one draw from the L-inf ball, inside
+the pixel range at both ends, in the images' dtype."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from retrieval.datasets import load_dataset
-from retrieval.robustness.pgd import PGDConfig, pgd, uniform_noise
 from retrieval.robustness.evaluation import evaluate_robustness
+from retrieval.robustness.pgd import PGDConfig, pgd, uniform_noise
 
 EPS = 0.1
 
@@ -45,3 +47,22 @@ def test_the_noise_baseline_repeats_from_its_seed_and_changes_with_it():
     first = noise_values(0)
     assert noise_values(0) == first
     assert noise_values(1)["ES:D"] != first["ES:D"]  # ES:D has no targets: only the noise itself can move it
+
+
+def test_uniform_noise_stays_in_the_ball_and_in_the_pixel_range():
+    generator = torch.Generator().manual_seed(0)
+    black = uniform_noise(torch.zeros(2, 1, 16, 16), 0.5, generator)
+    assert float(black.min()) == 0.0 and float(black.max()) <= 0.5 and float(black.max()) > 0.45
+    grey = uniform_noise(torch.full((2, 1, 16, 16), 0.5), 0.1, generator)
+    assert float(grey.min()) >= 0.4 - 1e-6 and float(grey.max()) <= 0.6 + 1e-6
+    assert float(grey.min()) < 0.42 and float(grey.max()) > 0.58  # both sides of the ball are reached
+
+
+def test_uniform_noise_never_leaves_the_top_of_the_pixel_range():
+    white = uniform_noise(torch.ones(2, 1, 16, 16), 0.5, torch.Generator().manual_seed(0))
+    assert float(white.max()) == 1.0 and float(white.min()) >= 0.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_uniform_noise_keeps_the_images_dtype(dtype):
+    assert uniform_noise(torch.full((1, 1, 4, 4), 0.5, dtype=dtype), 0.1).dtype == dtype
