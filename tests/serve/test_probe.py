@@ -1,4 +1,5 @@
-"""/probe's budget comes from the bundle, and its smallest-flip answer is the bisection's, not the budget asked for."""
+"""/probe: its budget comes from the bundle, its smallest-flip answer is the bisection's, not the budget asked for, and
+it runs with the worker's torch thread count, set once at start-up (not by every request)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from fastapi.testclient import TestClient
 from retrieval.atomic import atomic_path
 from retrieval.attacks.profiles import PROFILES
 from serve.app import create_app
+from serve.routes import probe as probe_route
 from tests.support.artifacts import write_index
 from tests.support.service import API_KEY, png
 from training.export import export_bundle
@@ -64,3 +66,27 @@ def test_smallest_flip_is_found_by_bisection_below_the_budget(probe_client, arti
     assert flip["min_flip_eps"] <= eps / 2  # an undefended model flips far inside the 77/255 ball
     again = probe(probe_client, artifacts.queries[160], eps=flip["min_flip_eps"], steps=flip["steps_per_trial"])
     assert again["top1_changed"]  # the reported budget does flip the top-1
+
+
+def test_probe_uses_the_count_set_at_start_up_without_setting_it_per_request(make_settings, artifacts, monkeypatch):
+    seen, calls = [], []
+    run_probe = probe_route.run_probe
+    monkeypatch.setattr(probe_route, "run_probe",
+                        lambda engine, query, req: (seen.append(torch.get_num_threads()), run_probe(engine, query, req))[1])
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)  # whatever the process ran with before the service started
+    try:
+        with TestClient(create_app(make_settings(threads=1))) as client:
+            deadline = time.monotonic() + 60
+            while client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "service not ready within 60 s"
+                time.sleep(0.02)
+            monkeypatch.setattr(torch, "set_num_threads", calls.append)
+            for query in artifacts.queries[:2]:
+                response = client.post("/probe", files={"image": ("q.png", png(query), "image/png")},
+                                       data={"attack": "GTT", "steps": "1"}, headers={"X-API-Key": API_KEY})
+                assert response.status_code == 200, response.text
+    finally:
+        monkeypatch.undo()
+        torch.set_num_threads(previous)
+    assert seen == [1, 1] and calls == []

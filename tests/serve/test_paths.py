@@ -45,3 +45,19 @@ def test_nul_bytes_and_symlink_loops_are_422(tmp_path):
     loop = _refusal(tmp_path, "loop")
     assert (loop.status, loop.code) == (422, "invalid_path")
     assert loop.message.startswith("path loop cannot be resolved")
+
+
+@pytest.mark.parametrize(("requested", "status", "code", "message"), [
+    ("a\x00b", 422, "invalid_path", "path contains a NUL byte"),
+    ("../elsewhere", 403, "path_not_allowed", "path must lie inside the index root"),
+])
+def test_each_refusal_has_its_status_code_and_message(tmp_path, requested, status, code, message):
+    with pytest.raises(ServiceError) as refused:
+        inside(tmp_path, requested)
+    assert (refused.value.status, refused.value.code) == (status, code)
+    assert refused.value.message.startswith(message)
+
+
+def test_a_path_inside_the_root_resolves(tmp_path):
+    (tmp_path / "idx").mkdir()
+    assert inside(tmp_path, "idx") == (tmp_path / "idx").resolve()
