@@ -43,11 +43,8 @@ SCRATCH = Path(os.environ.get("RR_MUTATION_DIR", "/tmp/rr-mutation"))
 MODULES: dict[str, tuple[list[str], list[str]]] = {
     # module: (files mutmut mutates, the test files that exercise them; the fast, targeted ones first)
     "training/defenses": (["training/defenses/*.py"],
-                          ["tests/training/test_defenses_mutants.py", "tests/training/test_defenses.py",
-                           "tests/training/test_pinned_behaviour.py", "tests/training/test_method.py"]),
-    "training/miners": (["training/miners/*.py"],
-                        ["tests/training/test_miners_mutants.py", "tests/training/test_miners.py",
-                         "tests/training/test_pinned_behaviour.py"]),
+                          ["tests/training/test_defenses.py", "tests/training/test_method.py"]),
+    "training/miners": (["training/miners/*.py"], ["tests/training/test_miners.py"]),
     "training/losses": (["training/losses/*.py"],
                         ["tests/training/test_losses_mutants.py", "tests/training/test_losses.py"]),
     "retrieval/robustness/pgd.py": (["retrieval/robustness/pgd.py"],

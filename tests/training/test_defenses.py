@@ -1,26 +1,35 @@
-"""Behaviour of the training defenses (docs/method.md) on a tiny embedding network and a tiny SPC-2 batch."""
+"""Behaviour of the training defenses (docs/method.md) on a tiny embedding network and a tiny SPC-2 batch: HM's
+early stop and its N/k tolerance, the margin and the reported stats, which embeddings ICS compares, EST's jitter and
+reproducibility, LGA's destinations and its average over processes, and the messages of refused methods and configs."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from hypothesis import HealthCheck, given, settings, strategies as st
 from torch import nn
 
 from retrieval.distances import normalize
 from retrieval.errors import UserError
-from retrieval.robustness.pgd import AUTO_PRECISION_VARIABLE, auto_precision, bf16_is_fast
+from retrieval.robustness.pgd import AUTO_PRECISION_VARIABLE, PGDConfig, auto_precision, bf16_is_fast, pgd
+from tests.support.ports import free_port
 from training.defenses import build_defense
 from training.defenses.act import AntiCollapse
 from training.defenses.base import clean_embeddings
-from training.defenses.config import DefenseConfig
-from training.defenses.lga import LGADestination
-from training.defenses.hm import MinMax
+from training.defenses.config import DefenseConfig, validate
+from training.defenses.hm import EARLY_STOP_TOL, MinMax
+from training.defenses.lga import LGADestination, build_destination, hm_objective
+from training.defenses.notation import format_method, grammar, parse_method
 from training.losses import hardness, ics_loss
-from training.defenses.notation import parse_method
 from training.miners import get_miner
 
 N = 8  # pairs per batch
@@ -335,3 +344,304 @@ def test_the_apgd_adversary_searches_the_whole_ball_with_all_its_steps(batch):
 def test_full_steps_turn_off_hms_early_stop(batch):
     model, images, labels = batch
     assert run("HM[R,1.5]+FULL", model, images, labels, pgd_steps=8, eps=0.0)[2]["pgd_steps"] == 8
+
+
+class LinearTiny(nn.Module):
+    arch, input_size, channels, embedding_dim = "tiny", 28, 1, 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(28 * 28, self.embedding_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize(self.fc(x.flatten(1)))
+
+
+def _hm(destination: str = "0"):
+    cfg = DefenseConfig(defense="hm", source="random", destination=destination, pgd_steps=3, precision="fp32")
+    return build_defense(cfg, generator=torch.Generator().manual_seed(0))
+
+
+def _perturb(defense, moving: list[bool]):
+    """HM.perturb on 3N copies of random images; records the early-stop tolerance PGD was given."""
+    torch.manual_seed(0)
+    x0 = torch.rand(3 * len(moving), 1, 28, 28)
+    given = []
+    attack = defense.attack
+
+    def recording(model, x, objective, *, early_stop_tol=None):
+        given.append(early_stop_tol)
+        return attack(model, x, objective, early_stop_tol=early_stop_tol)
+
+    defense.attack = recording
+    out = defense.perturb(LinearTiny(), x0, torch.tensor(moving), torch.zeros(len(moving)))
+    return x0, out, given
+
+
+def test_hm_early_stop_tolerance_is_rescaled_by_n_over_k():
+    """PGD sees only the k moving triplets, so its per-triplet mean must settle within 1e-7 * N / k: the rule on
+    the whole batch's mean (docs/method.md, HM)."""
+    _, _, given = _perturb(_hm(), [True, False, False, True, False, False, False, True])
+    assert given == [pytest.approx(EARLY_STOP_TOL * 8 / 3)]
+    _, _, given = _perturb(_hm("2"), [True, False, True, True])  # min-max never stops early
+    assert given == [None]
+
+
+def test_hm_with_nothing_moving_costs_nothing():
+    x0, (x, steps, passes), given = _perturb(_hm(), [False, False, False])
+    assert x is x0 and (steps, passes) == (0, 0) and given == []
+    _, (_, steps, passes), _ = _perturb(_hm(), [True, False, False])
+    assert passes == steps * 3 and steps >= 1  # each step: one forward+backward of the 3 moving copies
+
+
+@pytest.mark.parametrize("text", ["lga", "boost:R"])
+def test_intended_lga_state_is_shared_across_processes_and_reference_state_is_not(text):
+    """The intended LGA averages its running loss over all processes; the reference keeps one per process."""
+    def build(reference: bool):
+        return build_destination(text, margin=0.2, u=0.2, xi=0.1, reference=reference)
+
+    assert build(reference=False).sync is True
+    assert build(reference=True).sync is False
+
+
+@pytest.mark.parametrize("method", ["ACT[R,M]", "HM[R]"])
+def test_a_method_with_the_wrong_brackets_is_refused_quoting_it(method):
+    with pytest.raises(UserError) as refused:
+        parse_method(method)
+    assert str(refused.value) == (f"bad method {method!r} (HM takes [source,destination], the others only [miner]); "
+                                  f"grammar: {grammar()}")
+
+
+@pytest.mark.parametrize("overrides", [{"margin": -0.1}, {"lga_u": 0.0}])
+def test_a_negative_margin_or_non_positive_lga_clip_is_refused(overrides):
+    with pytest.raises(UserError) as refused:
+        validate(DefenseConfig(**overrides))
+    assert str(refused.value) == "margin must be >= 0 and the LGA clip u must be > 0"
+
+
+def test_unknown_methods_and_hm_without_destination_are_user_errors():
+    with pytest.raises(UserError) as refused:
+        parse_method("XYZ[R]")
+    assert str(refused.value) == f"bad method 'XYZ[R]' (unknown method 'XYZ'); grammar: {grammar()}"
+    with pytest.raises(UserError) as refused:
+        parse_method("ACT[R]&ICS")
+    assert str(refused.value) == (f"bad method 'ACT[R]&ICS' (ICS needs an adversarial anchor, i.e. HM); "
+                                  f"grammar: {grammar()}")
+    with pytest.raises(UserError) as refused:
+        format_method(DefenseConfig(defense="hm", destination=None))
+    assert str(refused.value) == "HM needs a destination"
+
+
+def _est(seed: int):
+    cfg = DefenseConfig(defense="est", source="random", pgd_steps=2, precision="fp32")
+    return build_defense(cfg, generator=torch.Generator().manual_seed(seed))
+
+
+def test_est_jitter_comes_from_the_defense_generator_not_the_global_one():
+    clean = torch.zeros(4, 4000)
+
+    def shift(seed: int, global_seed: int) -> torch.Tensor:
+        defense = _est(seed)
+        torch.manual_seed(global_seed)
+        return defense.shift_objective(clean)(clean)
+
+    assert torch.equal(shift(5, global_seed=1), shift(5, global_seed=2))
+    assert not torch.equal(shift(5, global_seed=1), shift(6, global_seed=1))
+
+
+def test_est_reference_embedding_is_jittered_by_minus_one_zero_or_one_times_1e_7():
+    """docs/method.md#est: each coordinate of the reference moves by 1e-7 * {-1, 0, 1}, uniformly. Read off the
+    objective at clean embeddings of zero: -||1e-6 - 1e-7 j|| (1e-6 is the pair distance's eps), so the mean of
+    (10 - j)^2 over the coordinates is 100 - 20 E[j] + E[j^2] = 100 + 2/3 ({0, 1} would give 90.5, {-2..1} 111.5)."""
+    clean = torch.zeros(4, 4000)
+    distance = -_est(0).shift_objective(clean)(clean)
+    per_coordinate = (distance / 1e-7) ** 2 / clean.shape[1]
+    assert float(per_coordinate.mean()) == pytest.approx(100 + 2 / 3, abs=1.5)
+
+
+class GatedTiny(LinearTiny):
+    """Blank images embed to 0 with a zero input gradient, so PGD cannot move them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        return normalize(self.fc(flat) * (flat.sum(dim=1, keepdim=True) > 0))
+
+
+def test_est_counts_a_triplet_as_perturbed_when_any_of_its_images_moved():
+    """Only the first positive can move: triplet 0 always has it (as positive), so at least half the triplets count."""
+    torch.manual_seed(0)
+    images = torch.zeros(4, 1, 28, 28)
+    images[1] = torch.rand(1, 28, 28)
+    _, stats = _est(0)(GatedTiny(), images, torch.tensor([0, 0, 1, 1]))
+    assert stats["perturbed_fraction"] >= 0.5
+
+
+def _lga_previous_loss_rank(rank: int, port: int, out: Path, reference: bool) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        destination = build_destination("lga", margin=0.2, u=0.2, xi=0.1, reference=reference)
+        destination.update([0.1, 0.3][rank])
+        (out / f"rank{rank}").write_text(repr(destination.previous))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(("reference", "expected"), [(False, [0.2, 0.2]), (True, [0.1, 0.3])])
+def test_lga_previous_loss_is_the_mean_over_two_processes(tmp_path, reference, expected):
+    """Two gloo processes with adversarial losses 0.1 and 0.3: the intended LGA moves both by their mean (not the
+    sum), the reference keeps each process's own."""
+    context = mp.start_processes(_lga_previous_loss_rank, args=(free_port(), tmp_path, reference), nprocs=2, join=False,
+                                 start_method="fork")
+    deadline = time.monotonic() + 60
+    while not context.join(timeout=1):
+        assert time.monotonic() < deadline, "the two LGA processes did not finish within 60 s"
+    assert [float((tmp_path / f"rank{r}").read_text()) for r in (0, 1)] == pytest.approx(expected)
+
+
+def source_hardness(model, images, labels) -> torch.Tensor:
+    a, p, n = replay("R", model, images, labels)
+    clean = clean_embeddings(model, images)
+    return hardness(clean[a], clean[p], clean[n])
+
+
+def test_hm_early_stop_ends_pgd_once_every_moving_triplet_reached_its_destination(batch):
+    model, images, labels = batch
+    h = source_hardness(model, images, labels)
+    target = float(f"{float(h.max()) + 0.05:g}")  # every triplet moves, and a short way suffices
+    _, _, stats = run(f"HM[R,{target}]", model, images, labels, pgd_steps=40, alpha=0.05)
+    x_adv = model.inputs[0]
+    reached = hardness(*model.module(x_adv).chunk(3)) >= target
+    assert stats["perturbed_fraction"] == 1.0 and reached.all()
+    assert stats["pgd_steps"] < 40  # J was 0 twice in a row long before the last step
+
+
+@pytest.mark.parametrize(("seed", "rank"), [(9, 1), (0, 5), (3, 3)])
+def test_settled_triplets_left_out_of_pgd_do_not_change_when_it_stops(batch, seed, rank):
+    """Only the k moving triplets of N enter PGD; with the tolerance scaled by N/k they stop at exactly the step the
+    full-batch PGD (tolerance 1e-7 on the mean over all N) stops at, and end at the same images. Seed 9 with two
+    moving triplets is a case where the unscaled tolerance runs one step longer."""
+    model, images, labels = batch
+    torch.manual_seed(seed)
+    model.module.load_state_dict(Tiny().state_dict())
+    target = float(f"{float(source_hardness(model, images, labels).sort().values[rank]):g}")
+    _, _, stats = run(f"HM[R,{target}]", model, images, labels, pgd_steps=80, alpha=0.004)
+    assert 0 < stats["perturbed_fraction"] < 1
+    a, p, n = replay("R", model, images, labels)
+    full = pgd(model, copies(images, a, p, n), hm_objective(torch.full((N,), target)),
+               PGDConfig(77 / 255, 0.004, 80, early_stop_tol=EARLY_STOP_TOL))
+    assert stats["pgd_steps"] == full.steps < 80
+    assert torch.allclose(model.inputs[0], full.x, atol=1e-6)
+
+
+def test_ics_compares_the_clean_anchor_with_its_adversarial_copy_and_the_source_positive(batch):
+    model, images, labels = batch
+    _, _, stats = run("HM[R,1.5]&ICS", model, images, labels, alpha=0.05)  # anchors move far
+    (inputs,) = model.inputs  # the one training forward: [a~; p~; n~; a; p]
+    with torch.no_grad():
+        adv_anchor, _, _, anchor, positive = model.module(inputs).chunk(5)
+    expected = float(ics_loss(anchor, adv_anchor, positive))
+    swapped = float(ics_loss(positive, adv_anchor, anchor))
+    assert abs(expected - swapped) > 1e-3  # the batch tells the two apart
+    assert stats["ics_loss"] == pytest.approx(expected, abs=1e-6)
+
+
+def _lga_adversarial_loss_rank(rank: int, world: int, port: int, out: str) -> None:
+    """One process of a gloo group: two HM[R,gLGA] iterations on its own batch; records its adversarial loss and the
+    LGA destination it uses next."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = Tiny()
+        torch.manual_seed(100 + rank)
+        images = torch.rand(2 * N, 1, 28, 28)
+        labels = torch.tensor([0, 1, 2, 0, 1, 2, 3, 3]).repeat_interleave(2)
+        cfg = dataclasses.replace(parse_method("HM[R,gLGA]"), pgd_steps=2, lga_u=2.2, precision="fp32")
+        defense = build_defense(cfg, generator=torch.Generator().manual_seed(rank))
+        _, first = defense(model, images, labels)
+        _, second = defense(model, images, labels)
+        with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+            json.dump({"adv_loss": first["adv_loss"], "next_destination": second["lga_destination"]}, f)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="gloo process group on POSIX")
+def test_lga_averages_the_adversarial_loss_over_processes(tmp_path):
+    """u = 2.2 keeps the losses unclipped, so a sum and a mean over the two processes give different destinations."""
+    mp.start_processes(_lga_adversarial_loss_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    mean = sum(r["adv_loss"] for r in records) / 2
+    assert records[0]["adv_loss"] != pytest.approx(records[1]["adv_loss"])
+    for record in records:
+        assert record["next_destination"] == pytest.approx(-0.2 * min(mean, 2.2) / 2.2, rel=1e-6)
+
+
+def _training_forward(model) -> torch.Tensor:
+    """Embeddings of the one training forward the defense made (recorded by the Recorder)."""
+    with torch.no_grad():
+        return model.module(model.inputs[-1])
+
+
+@pytest.mark.parametrize("method", ["ACT[R]", "EST[R]", "HM[R,1.5]"])
+def test_the_loss_uses_the_configured_margin_and_every_stat_is_reported(batch, method):
+    model, images, labels = batch
+    _, loss, stats = run(method, model, images, labels, margin=0.35)
+    z = _training_forward(model)
+    assert {"loss", "adv_loss", "hardness_adv", "pgd_steps", "image_passes", "perturbed_fraction"} <= set(stats)
+    if not method.startswith("EST"):  # (EST re-mines the adversarial embeddings after drawing its noise)
+        za, zp, zn = z.chunk(3)
+        expected = (hardness(za, zp, zn) + 0.35).clamp(min=0).mean()
+        assert float(loss.detach()) == pytest.approx(float(expected), abs=1e-5)
+        assert stats["hardness_adv"] == pytest.approx(float(hardness(za, zp, zn).mean()), abs=1e-5)
+    perturbed = {"ACT": 2 * N, "EST": 2 * N, "HM[": 3 * N}[method[:3]]
+    assert stats["image_passes"] == stats["pgd_steps"] * perturbed + len(model.inputs[-1])
+
+
+def test_est_pushes_embeddings_further_than_noise_of_the_same_budget(batch):
+    model, images, labels = batch
+    run("EST[R]", model, images, labels, pgd_steps=4, alpha=0.05, eps=0.2)
+    with torch.no_grad():
+        clean = model.module(images)
+        shift = (model.module(model.inputs[-1]) - clean).norm(dim=1).mean()
+        noise = (images + (torch.rand(images.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 0.2)
+        noise_shift = (model.module(noise.clamp(0, 1)) - clean).norm(dim=1).mean()
+    assert shift > 2 * noise_shift
+
+
+def test_reference_est_makes_its_logging_forward_on_the_clean_batch(batch):
+    model, images, labels = batch
+    run("EST[R]", model, images, labels, reference=True)
+    assert len(model.inputs) == 2 and torch.equal(model.inputs[0], images)
+
+
+def test_regular_training_mines_with_the_configured_miner_settings_and_seed(batch):
+    model, images, labels = batch
+    defense, first, _ = run("N/A[M]", model, images, labels, margin=0.35, reference=True)
+    assert defense.miner.margin == 0.35 and defense.miner.reference is True
+    _, second, _ = run("N/A[M]", model, images, labels, margin=0.35, reference=True)
+    assert torch.equal(first, second)  # the seeded generator reaches the miner
+
+
+def test_boost_destination_adds_xi_times_the_remaining_progress():
+    from training.defenses.lga import build_destination
+
+    clean = torch.nn.functional.normalize(torch.randn(16, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 3, 3]).repeat_interleave(2)
+    anchors = torch.arange(0, 16, 2)
+
+    def destination(text: str):
+        return build_destination(text, margin=0.2, u=0.2, xi=0.1, reference=False,
+                                 generator=torch.Generator().manual_seed(5))
+
+    boost, miner = destination("boost:M"), destination("M")
+    assert torch.allclose(boost(clean, labels, anchors), miner(clean, labels, anchors))  # loss 2.0: no boost yet
+    boost.update(0.05)
+    restored = destination("boost:M")
+    restored.load_state_dict(boost.state_dict())
+    expected = destination("M")(clean, labels, anchors) + 0.1 * (1 - 0.05 / 0.2)
+    assert torch.allclose(restored(clean, labels, anchors), expected)
+    fresh = destination("boost:M")
+    fresh.load_state_dict({})  # an old checkpoint without the key starts from the initial loss
+    assert torch.allclose(fresh(clean, labels, anchors), destination("M")(clean, labels, anchors))

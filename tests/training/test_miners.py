@@ -1,6 +1,10 @@
-"""SPC-2 miners (docs/method.md#miners): triplet invariants, each miner's rule checked by brute force, every fallback forced."""
+"""SPC-2 miners (docs/method.md#miners): triplet invariants, each miner's rule checked by brute force (the distance-
+weighted density term in five dimensions, the semihard band's edges, softhard at its edge), every fallback forced,
+clamped distances, and the refusals of a batch that is not SPC-2 shaped and of an unknown miner."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -9,9 +13,9 @@ import torch.nn.functional as F
 from retrieval.datasets import load_dataset
 from retrieval.distances import distance_matrix
 from retrieval.errors import UserError
+from retrieval.models import build_model
 from training.losses import hardness, triplet_loss
 from training.miners import LETTERS, MINERS, get_miner
-from retrieval.models import build_model
 
 ALL = sorted(MINERS)
 
@@ -278,3 +282,88 @@ def test_miners_run_on_cuda_embeddings_with_a_cpu_generator(name: str) -> None:
     cuda = get_miner(name, generator=seeded())(embeddings.cuda(), labels.cuda())
     assert all(t.device.type == "cuda" for t in cuda)
     assert torch.equal(cuda[0].cpu(), cpu[0])
+
+
+@pytest.mark.parametrize(("rows", "labels", "shape"), [(3, 3, "(3, 4)"), (4, 2, "(4, 4)")])
+def test_a_bad_batch_is_refused_with_its_shapes(rows, labels, shape):
+    with pytest.raises(ValueError) as refused:
+        get_miner("R")(torch.randn(rows, 4), torch.arange(labels))
+    assert str(refused.value) == f"miner expects 2N embeddings with 2N labels, got {shape} and {labels} labels"
+
+
+def test_intended_distances_are_clamped_and_reference_distances_keep_the_nan():
+    """docs/method.md#reference-quirks: the reference takes the sqrt of unclamped squared distances.
+
+    One-dimensional embeddings a and its float32 successor b: each Gram entry is a single correctly rounded product
+    (no sum a BLAS could order differently), and for this a the Gram form a^2 + b^2 - 2ab rounds below zero on any CPU."""
+    a = torch.tensor(0.7481282949447632)
+    b = torch.nextafter(a, torch.tensor(1.0))
+    assert float(a * a + b * b - 2 * (a * b)) < 0  # negative by rounding, the case the clamp exists for
+    embeddings, anchors = torch.stack([a, b]).reshape(2, 1), torch.tensor([0])
+    assert get_miner("R").distances(embeddings, anchors).tolist() == [[0.0, 0.0]]
+    assert get_miner("R", reference=True).distances(embeddings, anchors)[0, 1].isnan()
+
+
+def test_softhard_negative_farther_than_every_positive_is_not_hard():
+    """Anchor 0's positive is at 0.8; negatives at 0.85 and 1.5 are both beyond it, so neither is hard and the
+    negative falls back to any other-label image."""
+    def on_circle(chord: float) -> list[float]:
+        angle = 2 * math.asin(chord / 2)
+        return [math.cos(angle), math.sin(angle)]
+
+    embeddings = torch.tensor([on_circle(0.0), on_circle(0.8), on_circle(0.85), on_circle(-1.5)])
+    labels = torch.tensor([0, 0, 1, 1])
+    chosen = {get_miner("S", generator=torch.Generator().manual_seed(s))(embeddings, labels)[2][0].item()
+              for s in range(30)}
+    assert chosen == {2, 3}
+
+
+def test_an_unknown_miner_is_refused_listing_letters_and_names():
+    with pytest.raises(UserError) as refused:
+        get_miner("Q")
+    assert str(refused.value) == ("unknown miner 'Q'; choose one of: "
+                                  "R/random, M/semihard, S/softhard, D/distance, H/hardest")
+
+
+def test_distance_weighted_density_term_in_five_dimensions():
+    """With k = 5, w(d) = d^-3 / (1 - d^2/4): at d = 1 and d = 1.9 the second factor decides the odds (0.47 : 0.53);
+    in 3 dimensions it vanishes, so this is the test that sees its sign."""
+
+    def at_distance(d: float) -> torch.Tensor:  # a unit vector at distance d from e_2, padded to 5 dimensions
+        z = 1 - d**2 / 2
+        return torch.tensor([0.0, (1 - z**2) ** 0.5, z, 0.0, 0.0])
+
+    def weight(d: float, k: int = 5) -> float:
+        return d ** (2 - k) * (1 - d**2 / 4) ** (-(k - 3) / 2)
+
+    anchors = 1500
+    u, mid, far = at_distance(0.0), at_distance(1.0), at_distance(1.9)
+    embeddings = torch.cat([u.repeat(2 * anchors, 1), mid.repeat(2, 1), far.repeat(2, 1)])
+    labels = torch.tensor([0] * 2 * anchors + [1, 1, 2, 2])
+    _, _, n = get_miner("D", generator=torch.Generator().manual_seed(0))(embeddings, labels)
+    mid_share = (n < 2 * anchors + 2).float().mean().item()
+    assert mid_share == pytest.approx(weight(1.0) / (weight(1.0) + weight(1.9)), abs=0.04)
+
+
+def test_semihard_excludes_a_negative_exactly_as_far_as_the_positive():
+    """One-hot embeddings make d(a, p) = d(a, n1) = sqrt(2) exactly; n1 is not *farther* than the positive, so only
+    n2 (inside the margin band) is semihard."""
+    n2 = torch.nn.functional.normalize(torch.tensor([[-0.1, 0.7, 0.7]]), dim=1)[0]
+    embeddings = torch.stack([torch.tensor([1.0, 0, 0]), torch.tensor([0.0, 1, 0]), torch.tensor([0.0, 0, 1]),
+                              torch.tensor([0.0, 0, 1]), n2, n2])
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    miner = get_miner("M", generator=torch.Generator().manual_seed(0))
+    picks = {int(miner(embeddings, labels)[2][0]) for _ in range(40)}
+    assert picks <= {4, 5}
+
+
+def test_hardest_falls_back_to_another_label_when_every_negative_is_a_duplicate():
+    """Row of anchor 0: both other-label images coincide with it (distance 0, not candidates), so the fallback draws
+    among them; the other rows have real candidates. Every negative must carry another label."""
+    e0, e1 = torch.tensor([1.0, 0, 0]), torch.tensor([0.0, 1, 0])
+    embeddings = torch.stack([e0, e1, e0, e0])
+    labels = torch.tensor([0, 0, 1, 1])
+    miner = get_miner("H", generator=torch.Generator().manual_seed(0))
+    for _ in range(30):
+        a, _, n = miner(embeddings, labels)
+        assert (labels[n] != labels[a]).all()
