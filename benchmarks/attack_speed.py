@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from retrieval.atomic import atomic_write_json
-from retrieval.attacks import ATTACKS, attack_config
+from retrieval.attacks import ATTACKS
+from retrieval.protocol import attack_config
 from retrieval.datasets import load_dataset
 from retrieval.metrics import embed
 from retrieval.seeding import derive_seed

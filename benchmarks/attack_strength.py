@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 from retrieval.atomic import atomic_write_json, atomic_write_text
-from retrieval.attacks import ATTACKS
+from retrieval.attacks import ATTACKS, MEASURES
 from retrieval.datasets import load_dataset
-from retrieval.robustness.ers import ATTACK_KEYS, HIGHER_IS_MORE_ROBUST
 from retrieval.jsonfiles import read_json
+from retrieval.models.loading import load_trained
+from retrieval.robustness.ers import ATTACK_KEYS
 from retrieval.robustness.evaluation import evaluate_robustness
 from retrieval.threads import use_torch_threads
-from retrieval.models.loading import load_trained
 
 RESULTS = Path(__file__).parent / "results"
 ATTACKERS: dict[str, dict[str, Any]] = {
@@ -62,7 +62,7 @@ def measure(run: Path, queries: int, seed: int) -> dict[str, Any]:
               flush=True)
     verdicts = {}
     for key in ATTACK_KEYS:
-        goal = -1 if HIGHER_IS_MORE_ROBUST[key] else 1  # the attacker's direction for this value
+        goal = -1 if MEASURES[key].higher_is_more_robust else 1  # the attacker's direction for this value
         low, high = paired_interval(row["attackers"][CANDIDATE]["per_query"][key],
                                     row["attackers"][REFERENCE]["per_query"][key], goal)
         verdicts[key] = {"gain_ci95": [low, high], "at_least_as_strong": high >= 0}

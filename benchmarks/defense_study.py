@@ -28,7 +28,7 @@ benchmarks/train_speed.py (eta 8, trained c2f2, PGD precision `auto`: bf16 for H
     evaluation: all ten attacks at 32 steps run ~3.7 queries/s on the 10k gallery = ~70 s + 10 s loading, x 12 = ~16 min
     validation on 2,000 test images and checkpoints                                = ~2 min
 
-About 65 minutes on 2 idle cores, well inside the 120-minute budget. 256 queries give per-attack values within
+About 65 minutes on 2 idle cores. 256 queries give per-attack values within
 roughly +-3 points (one binomial standard error at 50 %).
 """
 

@@ -33,14 +33,13 @@ import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from retrieval.errors import UserError
-from retrieval.protocol import protocol_for
+from retrieval.protocol import FILE_MAX_PIXELS, protocol_for
 
 if TYPE_CHECKING:
     import torch
 
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"})
-DEFAULT_MAX_PIXELS = 40_000_000
 MAX_JPEG_SCANS = 64
 """Progressive encoders write about 10 scans (mozjpeg's scan optimisation up to ~20); more is a cost attack."""
 MAX_RLE_PIXELS = 1 << 20
@@ -108,7 +107,7 @@ def decode_array(
     size: int,
     channels: int,
     max_bytes: int | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = FILE_MAX_PIXELS,
     deadline: float | None = None,
 ) -> tuple[np.ndarray, int]:
     """Decode, orient, convert and eval-transform one image into float32 [channels, size, size] in [0, 1], and its
@@ -126,7 +125,7 @@ def open_image(
     *,
     channels: int,
     max_bytes: int | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = FILE_MAX_PIXELS,
     deadline: float | None = None,
 ) -> Image.Image:
     """Checked, decoded, EXIF-oriented PIL image in mode 'L' (channels=1) or 'RGB' (channels=3).
@@ -169,10 +168,11 @@ def eval_array(img: Image.Image, size: int) -> np.ndarray:
     the 28x28 protocol (retrieval.protocol) a direct resize, without a crop. Written with PIL and numpy as
     torchvision does it on PIL images (bilinear, antialiased resize; rounded centre crop; /255), pixel for pixel,
     so that decoding needs no torch."""
-    if not protocol_for(size).crop:
+    protocol = protocol_for(size)
+    if protocol.resize_ratio is None:
         img = img.resize((size, size), Image.Resampling.BILINEAR)
     else:
-        resized = round(size * 256 / 224)
+        resized = protocol.resized_side(size)
         offset = int(round((resized - size) / 2.0))
         img = img.resize((resized, resized), Image.Resampling.BILINEAR)
         img = img.crop((offset, offset, offset + size, offset + size))
@@ -187,9 +187,10 @@ def train_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
     ToTensor, scaled to `size`."""
     from torchvision import transforms
 
-    if not protocol_for(size).crop:
+    protocol = protocol_for(size)
+    if protocol.resize_ratio is None:
         return eval_transform(size)  # the 28x28 protocol uses no augmentation
-    resized = round(size * 256 / 224)
+    resized = protocol.resized_side(size)
     return transforms.Compose(
         [
             transforms.Resize((resized, resized)),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retrieval.images import (CorruptImage, DecodeTimeLimit, ImageError, ImageTooComplex, ImageTooLarge,
@@ -68,8 +70,13 @@ class ServiceError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def error_body(code: str, message: str) -> bytes:
+    """The one JSON error body, for the app's responses and the transport's own refusals alike."""
+    return json.dumps({"error": {"code": code, "message": message}}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(code, message), status_code=status, headers=headers, media_type="application/json")
 
 
 def image_error(exc: ImageError) -> ServiceError:
@@ -92,19 +99,19 @@ def install_error_handlers(app: FastAPI) -> None:
     """Map every exception type the routes can raise to the JSON error shape."""
 
     @app.exception_handler(ServiceError)
-    async def _service(_: Request, exc: ServiceError) -> JSONResponse:
+    async def _service(_: Request, exc: ServiceError) -> Response:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(ImageError)
-    async def _image(_: Request, exc: ImageError) -> JSONResponse:
+    async def _image(_: Request, exc: ImageError) -> Response:
         err = image_error(exc)
         return error_response(err.status, err.code, err.message)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
         return error_response(422, "invalid_request", _validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))

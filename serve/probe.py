@@ -16,17 +16,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from retrieval.attacks import get_attack
+from retrieval.attacks import get_attack, probe_attacks
 from retrieval.attacks.base import NOT_IN_GALLERY
-from retrieval.attacks.profiles import PROFILES, Profile
-from retrieval.robustness.pgd import PGDConfig
-from retrieval.protocol import protocol_for
+from retrieval.protocol import ATTACKERS, attack_config, protocol_for
 from serve.engine import Engine
 from serve.errors import ServiceError
 from serve.schemas import FlipSearch, ProbeResponse
 
-PROBE_ATTACKS = ("GTT", "QA-", "QA+", "ES")
-"""Attacks a client may ask for; each one moves the query, so each can change its top-1."""
+PROBE_ATTACKS = probe_attacks()
+"""Attacks a client may ask for (each class says whether /probe offers it); each moves the query, so each can change
+its top-1."""
 GRID_STEP = 1 / 255
 """The eps grid of the smallest-flip search: one grey level."""
 
@@ -65,12 +64,7 @@ class ProbeRequest:
 def default_eps(engine: Engine) -> float:
     """The budget the model was trained for (the bundle's eps), else its input-size protocol's evaluation budget."""
     eps = engine.bundle.config.get("eps")
-    return float(eps) if eps else _profile(engine).eps
-
-
-def _profile(engine: Engine) -> Profile:
-    """The evaluation profile of the served model's input-size protocol (retrieval.protocol)."""
-    return PROFILES[protocol_for(engine.bundle.input_size).profile]
+    return float(eps) if eps else protocol_for(engine.bundle.input_size).evaluation.eps
 
 
 def run_probe(engine: Engine, image: torch.Tensor, req: ProbeRequest) -> ProbeResponse:
@@ -108,10 +102,12 @@ def probe_time_limit(req: ProbeRequest) -> ServiceError:
 
 
 def _attack(engine: Engine, model: nn.Module, image: torch.Tensor, req: ProbeRequest, eps: float, steps: int):
-    """One attack from the engine's registry under the request's schedule, best iterate kept (fixed steps: the
-    model's profile step size, raised so that few steps can still reach the ball's edge)."""
-    alpha = max(_profile(engine).alpha, 2.5 * eps / max(1, steps))
-    cfg = PGDConfig(eps=eps, alpha=alpha, steps=steps, keep_best=True, schedule=req.schedule)
+    """One attack from the engine's registry by the attacker of the request's schedule, without restarts, best
+    iterate kept (fixed steps: the model's profile step size, raised so that few steps can still reach the ball's
+    edge)."""
+    attacker = next(name for name, known in ATTACKERS.items() if known.schedule == req.schedule)
+    profile = protocol_for(engine.bundle.input_size).evaluation.name
+    cfg = attack_config(profile, attacker=attacker, steps=steps, restarts=0, eps=eps, reach_edge=True)
     attack = get_attack(req.attack)(engine.gallery, None, cfg, generator=torch.Generator().manual_seed(0))
     result = attack(model, image, gallery_index_of_self=torch.tensor([NOT_IN_GALLERY]))
     return result.x, float(result.value[0])

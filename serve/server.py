@@ -11,7 +11,6 @@ these limits for deployments behind a reverse proxy.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
@@ -30,6 +29,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from retrieval.errors import UserError
+from serve.errors import error_body
 from serve.log import configure_logging
 from serve.middleware.security_headers import security_headers
 from serve.settings import Settings
@@ -41,7 +41,7 @@ HEALTH_POLL_S = 0.1
 
 
 def _json_response(status: int, reason: str, code: str, message: str) -> bytes:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    body = error_body(code, message)
     extra = "".join(f"{name}: {value}\r\n" for name, value in security_headers("application/json"))
     head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
             f"{extra}connection: close\r\n\r\n")
@@ -182,8 +182,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
 def _too_many_connections(cap: int):
     async def app(scope, receive, send) -> None:
-        body = json.dumps({"error": {"code": "too_many_connections",
-                                     "message": f"more than {cap} open connections; retry later"}}).encode()
+        body = error_body("too_many_connections", f"more than {cap} open connections; retry later")
         await send({"type": "http.response.start", "status": 503, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"), (b"retry-after", b"1"),

@@ -16,6 +16,7 @@ from retrieval.threads import use_torch_threads
 from training.config import PRESETS, TrainConfig, build_config
 from training.defenses import DEFENSES
 from training.defenses.notation import parse_method
+from training.miners import LETTERS
 
 RESUMABLE = ("epochs", "max_steps", "time_budget", "device", "num_workers", "log_every", "val_every", "val_subset",
              "val_batch", "val_attack_queries", "val_attack_steps", "checkpoint_every")
@@ -59,7 +60,7 @@ def train(
     method: Optional[str] = typer.Option(None, help='Paper notation, e.g. "HM[S,gLGA]&ICS"; options below win.'),
     defense: Optional[str] = typer.Option(None, help=f"{', '.join(DEFENSES)} (minmax = HM[X,2])."),
     source: Optional[str] = typer.Option(None, "--source", "--miner",
-                                         help="Miner (R/M/S/D/H or random, semihard, ...); HM's source miner."),
+                                         help=f"Miner ({'/'.join(LETTERS)} or random, semihard, ...); HM's source miner."),
     destination: Optional[str] = typer.Option(
         None, help="HM destination: miner, constant in [-2,2], lga, boost:<miner>."
     ),

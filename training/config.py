@@ -1,7 +1,8 @@
 """TrainConfig: everything a training run depends on, resolved once and stored in the run directory.
 
-Resolution order (later wins): dataclass defaults, the model's optimiser protocol (docs/method.md#training-budgets-and-cost), the preset,
-the paper-notation method (all four fields it names: defense, miner, destination, ICS), explicit options.
+Resolution order (later wins): dataclass defaults, the optimiser defaults of the model's input-size protocol
+(retrieval/protocol.py, docs/method.md#training-budgets-and-cost), the preset, the paper-notation method (every field
+it names: notation.METHOD_FIELDS), explicit options.
 """
 
 from __future__ import annotations
@@ -10,14 +11,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from retrieval.errors import UserError
-from training.defenses.config import DefenseConfig, validate as validate_defense
+from retrieval.models import ARCHS
+from retrieval.protocol import protocol_for
+from training.defenses import DefenseConfig, validate as validate_defense
 from training.defenses.notation import parse_method, said
-
-MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "c2f2": {"lr": 1e-3, "weight_decay": 1e-7, "batch_pairs": 128, "epochs": 8, "val_every": 1, "val_batch": 128},
-    "resnet18": {"lr": 1e-5, "weight_decay": 4e-4, "batch_pairs": 56, "epochs": 75, "val_every": 5, "val_batch": 112},
-}
-"""Spec section 10: Adam with coupled weight decay, SPC-2 pairs per batch and per process, anchor-epochs."""
 
 PRODUCT_METHOD = "HM[S,gLGA]&ICS+APGD"
 """What `train` trains when neither --method nor --defense says otherwise (docs/method.md#the-products-method)."""
@@ -114,7 +111,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise UserError for values no run can use; returns self."""
-        _choice("--model", self.model, MODEL_DEFAULTS)
+        _choice("--model", self.model, ARCHS)
         _choice("--device", self.device, DEVICES)
         validate_defense(self.defense)
         for name in ("epochs", "batch_pairs", "val_every", "val_batch", "log_every", "embedding_dim", "val_attack_steps"):
@@ -144,14 +141,14 @@ def build_config(
     preset_values = dict(PRESETS[_choice("--preset", preset, PRESETS)]) if preset else {}
     preset_defense = preset_values.pop("defense", {})
     model = options.get("model") or preset_values.get("model") or TrainConfig.model
-    _choice("--model", model, MODEL_DEFAULTS)
+    _choice("--model", model, ARCHS)
     defense = replace(DefenseConfig(), **preset_defense)
     if method is None and "defense" not in defense_options and "defense" not in preset_defense:
         method = parse_method(PRODUCT_METHOD)
     if method is not None:
         defense = replace(defense, **said(method))
     defense = replace(defense, **defense_options)
-    values = {**MODEL_DEFAULTS[model], **preset_values, **options, "preset": preset}
+    values = {**protocol_for(ARCHS[model].input_size).optimiser, **preset_values, **options, "preset": preset}
     return TrainConfig(**values, defense=defense).validate()
 
 

@@ -17,13 +17,11 @@ from typing import Any, Optional
 import typer
 
 from retrieval.atomic import atomic_write_json, atomic_write_text
-from retrieval.attacks import PROFILES
-from retrieval.attacks.profiles import STRONG, parse_protocols
 from retrieval.datasets import load_dataset, parse_dataset_spec
 from retrieval.distributed import started
 from retrieval.jsonfiles import read_json
 from retrieval.models.loading import load_trained
-from retrieval.protocol import protocol_for
+from retrieval.protocol import PROFILES, STRONG, parse_protocols, protocol_for
 from retrieval.robustness.evaluation import evaluate_robustness
 from retrieval.threads import use_torch_threads
 from training.report import robustness_markdown
@@ -63,7 +61,7 @@ def evaluate(
     name, split = parse_dataset_spec(dataset) if dataset else (config.get("dataset", "fashion-mnist"), "test")
     data = load_dataset(name, split, root=data_root or config.get("data_root"),
                         image_size=getattr(model, "input_size", None), channels=getattr(model, "channels", None))
-    profile = profile or protocol_for(int(model.input_size)).profile
+    profile = profile or protocol_for(int(model.input_size)).evaluation.name
     chosen = parse_protocols(protocols or (STRONG if strong else profile), profile)
     trained_as = read_json(run_dir / "metrics.json", "run", missing_ok=True).get("method")  # paper notation
     destination = out or run_dir

@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.atomic import atomic_path, atomic_write_json, atomic_write_text
+from retrieval.attacks import MEASURES
 from retrieval.errors import UserError
-from retrieval.robustness.ers import ATTACK_KEYS
 from retrieval.jsonfiles import read_json
+from retrieval.robustness.ers import ATTACK_KEYS
 
 BENIGN_COLUMNS = ("R@1", "R@2", "mAP", "NMI")
 COLUMNS = (*BENIGN_COLUMNS, *ATTACK_KEYS, "ERS", "ERS strong", "cost", "wall_s")
 """Table columns after the run and method names; the attack values and "ERS" are the published protocol's."""
-RAW_DECIMALS = {"TMA": 3, "ES:D": 3, "wall_s": 0, "cost": 0}
+RAW_DECIMALS = {**{key: 3 for key, measure in MEASURES.items() if measure.unit != "%"}, "wall_s": 0, "cost": 0}
+"""Decimals of the columns not printed with one: raw attack values (a cosine, a distance) and whole numbers."""
 STRONG = " strong"
 """Suffix of a row's keys measured under the strong attacker ("ERS strong", "protocol strong", ...)."""
 

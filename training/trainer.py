@@ -33,6 +33,7 @@ from training.checkpoint import load_checkpoint, restore_rng, rng_state, save_ch
 from training.config import TrainConfig
 from training.data import SPC2Sampler, TrainBatches
 from training.defenses import build_defense
+from training.defenses.notation import format_method
 from training.plots import plot_curves
 from training.runlog import RunLog, StatsWindow, TrainProgress
 from training.validation import validate
@@ -139,24 +140,23 @@ class Trainer:
                                        time_limit_s=budget_left)
         self._clock = self._wall_clock = time.perf_counter()
         with self._progress:
-            while pos.epoch < cfg.epochs and pos.step < limit and not self._over_budget():
+            while self._stop_reason() is None:
                 plan = self.sampler.epoch(pos.epoch)
                 for images, labels in self.batches.iterate(pos.epoch, plan, start=pos.batch):
                     self._step(images, labels)
                     self._progress.count(pos.step)  # the step between log records (loss: the last record's mean)
-                    over_budget = self._over_budget()
-                    if pos.step % cfg.log_every == 0 or pos.step == limit or over_budget:
+                    stopping = self._stop_reason() is not None
+                    if pos.step % cfg.log_every == 0 or stopping:
                         self._log_window()
                     if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0 and pos.batch < len(plan):
                         self._paused(self._save)
-                    if pos.step >= limit or over_budget:
+                    if stopping:
                         break
                 epoch_done = pos.batch >= len(plan)
                 if epoch_done:
                     pos.epoch += 1
                     pos.batch = 0
-                finished = pos.epoch >= cfg.epochs or pos.step >= limit or self._over_budget()
-                if finished or (epoch_done and pos.epoch % cfg.val_every == 0):
+                if self._stop_reason() is not None or (epoch_done and pos.epoch % cfg.val_every == 0):
                     self._paused(self._validate)
                 self._paused(self._save)
         self._tick()
@@ -282,7 +282,7 @@ class Trainer:
             {
                 "collapsed": any(v["collapsed"] for v in self.validations),
                 "best_R@1": max((v["R@1"] for v in self.validations), default=float("nan")),
-                "method": self.defense.name,
+                "method": format_method(self.cfg.defense),
                 "paper_cost": self.defense.paper_cost(),
                 "image_passes_per_iter": pos.image_passes / max(pos.step, 1),
                 "steps": pos.step,
@@ -310,13 +310,17 @@ class Trainer:
         return metrics
 
 
-    def _stop_reason(self) -> str:
+    def _stop_reason(self) -> str | None:
+        """Why training stops now (time_budget, max_steps, epochs), None while it goes on: the one stop decision,
+        which the loop, its log records and metrics.json's stopped_by all ask. The same answer on every process."""
         pos, cfg = self.position, self.cfg
-        if cfg.time_budget is not None and pos.init_seconds + pos.train_seconds >= cfg.time_budget:
+        if self._over_budget():
             return "time_budget"
         if cfg.max_steps is not None and pos.step >= cfg.max_steps:
             return "max_steps"
-        return "epochs"
+        if pos.epoch >= cfg.epochs or pos.step >= cfg.epochs * self.sampler.batches_per_epoch:
+            return "epochs"
+        return None
 
 
 def _load_init(cfg: TrainConfig, model: nn.Module) -> tuple[float, float]:

@@ -16,13 +16,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from retrieval.attacks import attack_config, get_attack
-from retrieval.attacks.profiles import STRONG
+from retrieval.attacks import get_attack
 from retrieval.distances import normalize
-from retrieval.robustness.ers import normalized_score
 from retrieval.metrics import benign_metrics, embed
+from retrieval.protocol import STRONG, attack_config, protocol_for
+from retrieval.robustness.ers import normalized_score
 from retrieval.robustness.pgd import unwrap
-from retrieval.protocol import protocol_for
 from retrieval.sampling import balanced_subset
 
 COLLAPSE_COSINE = 0.95
@@ -64,7 +63,7 @@ def robustness_proxy(
     device = next(model.parameters()).device
     picked = balanced_subset(labels, min(queries, len(labels)), PROXY_SEED, purpose="validation-attack")
     images = data[picked] if isinstance(data, torch.Tensor) else torch.stack([data[int(i)][0] for i in picked])
-    cfg = attack_config(protocol_for(int(unwrap(model).input_size)).profile, attacker=STRONG, steps=steps, restarts=0)
+    cfg = attack_config(protocol_for(int(unwrap(model).input_size)).evaluation.name, attacker=STRONG, steps=steps, restarts=0)
     gallery = normalize(embeddings).to(device)
     values = {}
     for name in PROXY_ATTACKS:

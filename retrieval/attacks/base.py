@@ -1,8 +1,10 @@
 """The shared shape of every ranking attack (docs/method.md#ranking-attacks): pick targets, run the one PGD engine, measure.
 
 An attack is built once per gallery (benign embeddings held in memory, e.g. the vectors of a FAISS index) and
-called on batches of images. Each subclass supplies two things: `select` (targets drawn with the attack's seeded
-generator) and `score` (the differentiable objective J to minimise plus the reported values in table units).
+called on batches of images. Each subclass registers itself by its `name` and states its facts as class attributes
+(what it measures, with units, ERS normaliser and direction; whether /probe offers it). Its code supplies two things:
+`select` (targets drawn with the attack's seeded generator) and `score` (the differentiable objective J to minimise
+plus the reported values in table units).
 
 Self entry: when an attacked image is itself in the gallery (evaluation: the query set is the gallery), its
 entry is the argmin of its benign distance row, as in the reference. Pass `gallery_index_of_self` with -1 for
@@ -17,12 +19,31 @@ from typing import Callable, ClassVar
 import torch
 from torch import nn
 
+from retrieval import seeding
 from retrieval.distances import normalize
 from retrieval.errors import UserError
+from retrieval.registry import Registered, Registry
 from retrieval.robustness.pgd import PGDConfig, frozen, pgd
-from retrieval import seeding
 
 NOT_IN_GALLERY = -1
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One value an attack reports, in table units, and how ERS scores it (method.md#empirical-robustness-score-ers)."""
+
+    key: str
+    """Its column in the ERS table, e.g. "CA+"."""
+    score: Callable[[float], float]
+    """Raw value -> normalised score s_k, higher = more robust (nothing clipped, as in the reference)."""
+    higher_is_more_robust: bool
+    """The arrow of the paper's tables; an attacker pushes the value the other way."""
+    unit: str = "%"
+    """"%" for ranks and recalls; TMA is a cosine and ES:D a distance in [0, 2] (tables print them raw)."""
+
+
+ATTACKS = Registry("attack", key="name")
+"""Every attack by name, in the ERS table's column order (the order retrieval/attacks/__init__.py imports them)."""
 
 
 @dataclass
@@ -88,16 +109,32 @@ def top1_hit(distances: torch.Tensor, batch: Batch, gallery_labels: torch.Tensor
     return 100.0 * (gallery_labels[nearest] == batch.labels).float()
 
 
-class Attack:
-    """One ranking attack against a fixed gallery; call it on a batch of images."""
+class Attack(Registered):
+    """One ranking attack against a fixed gallery; call it on a batch of images.
 
+    A subclass that sets `name` registers itself in ATTACKS; evaluation, ERS, the report tables and /probe read
+    everything else they need from the class attributes below.
+    """
+
+    registry = ATTACKS
     name: ClassVar[str]
-    reports: ClassVar[tuple[str, ...]]
-    """The measured values, in table units; the first is the one the attack is judged by."""
-    attacker_goal: ClassVar[int]
-    """+1 when the attacker raises reports[0] (e.g. CA-), -1 when it lowers it (e.g. CA+)."""
+    measures: ClassVar[tuple[Measure, ...]]
+    """The measured values; the first is the one the attack is judged by."""
     needs_labels: ClassVar[bool] = False
     """LTM and GTM need query and gallery labels; ES needs them only for ES:R."""
+    probe_order: ClassVar[int | None] = None
+    """Its place in /probe's list of attacks (0: the default), None where /probe does not offer it: a probe-able
+    attack moves the query, so it can change the query's top-1."""
+    reports: ClassVar[tuple[str, ...]]
+    """The keys of `measures` (set from them)."""
+    attacker_goal: ClassVar[int]
+    """+1 when the attacker raises reports[0] (e.g. CA-), -1 when it lowers it (e.g. CA+); set from `measures`."""
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "measures" in cls.__dict__:
+            cls.reports = tuple(measure.key for measure in cls.measures)
+            cls.attacker_goal = -1 if cls.measures[0].higher_is_more_robust else 1
 
     def __init__(
         self,

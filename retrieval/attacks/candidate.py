@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from retrieval.attacks.base import Attack, Batch, Plan, gallery_distances
+from retrieval.attacks.base import Attack, Batch, Measure, Plan, gallery_distances
 from retrieval.distances import pair_distance
 
 
@@ -38,8 +38,7 @@ class CAPlus(_CandidateAttack):
     """CA+: a query drawn uniformly from the gallery; the candidate is pulled towards its top (ideal ~50)."""
 
     name = "CA+"
-    reports = ("CA+",)
-    attacker_goal = -1
+    measures = (Measure("CA+", score=lambda v: 2.0 * v, higher_is_more_robust=True),)  # ideal 50 (a random rank) -> 100
     sign = 1
 
     def _queries(self, batch: Batch) -> torch.Tensor:
@@ -50,8 +49,7 @@ class CAMinus(_CandidateAttack):
     """CA-: a query drawn from the candidate's top-1% neighbours; the candidate is pushed down its ranking."""
 
     name = "CA-"
-    reports = ("CA-",)
-    attacker_goal = 1
+    measures = (Measure("CA-", score=lambda v: 100.0 - v, higher_is_more_robust=False),)
     sign = -1
 
     def _queries(self, batch: Batch) -> torch.Tensor:

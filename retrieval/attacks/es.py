@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import torch
 
-from retrieval.attacks.base import Attack, Plan, gallery_distances, top1_hit
+from retrieval.attacks.base import Attack, Measure, Plan, gallery_distances, top1_hit
 from retrieval.distances import pair_distance
 
 
 class EmbeddingShift(Attack):
     name = "ES"
-    reports = ("ES:D", "ES:R")
-    attacker_goal = 1
+    measures = (
+        Measure("ES:D", score=lambda v: 100.0 * (2.0 - v) / 2.0, higher_is_more_robust=False, unit="distance"),
+        Measure("ES:R", score=lambda v: v, higher_is_more_robust=True),
+    )
+    probe_order = 3
 
     def score(self, embeddings, batch, plan: Plan):
         loss = -pair_distance(embeddings, batch.embeddings)  # +1e-6 keeps the gradient finite at zero shift

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import torch
 
-from retrieval.attacks.base import Attack, Batch, Plan, gallery_distances, mask_self, top1_hit
+from retrieval.attacks.base import Attack, Batch, Measure, Plan, gallery_distances, mask_self, top1_hit
 from retrieval.distances import pair_distance
 
 
 class GreedyTop1Misrank(Attack):
     name = "GTM"
-    reports = ("GTM",)
-    attacker_goal = -1
+    measures = (Measure("GTM", score=lambda v: v, higher_is_more_robust=True),)
     needs_labels = True
 
     def select(self, batch: Batch) -> Plan:

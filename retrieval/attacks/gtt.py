@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import torch
 
-from retrieval.attacks.base import Attack, Batch, Plan, gallery_distances, mask_self
+from retrieval.attacks.base import Attack, Batch, Measure, Plan, gallery_distances, mask_self
 
 RETAIN_AT = 4
 
 
 class GreedyTop1Translocation(Attack):
     name = "GTT"
-    reports = ("GTT",)
-    attacker_goal = -1
+    measures = (Measure("GTT", score=lambda v: v, higher_is_more_robust=True),)
+    probe_order = 0
 
     def select(self, batch: Batch) -> Plan:
         return Plan(targets=mask_self(batch.distances, batch.self_index).argmin(dim=1))

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from retrieval.attacks.base import NOT_IN_GALLERY, Attack, Batch, Plan, gallery_distances, top1_hit
+from retrieval.attacks.base import NOT_IN_GALLERY, Attack, Batch, Measure, Plan, gallery_distances, top1_hit
 
 
 class LearningToMisrank(Attack):
     name = "LTM"
-    reports = ("LTM",)
-    attacker_goal = -1
+    measures = (Measure("LTM", score=lambda v: v, higher_is_more_robust=True),)
     needs_labels = True
 
     def select(self, batch: Batch) -> Plan:

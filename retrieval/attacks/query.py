@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from retrieval.attacks.base import Attack, Batch, Plan, gallery_distances
+from retrieval.attacks.base import Attack, Batch, Measure, Plan, gallery_distances
 
 
 class _QueryAttack(Attack):
@@ -34,8 +34,8 @@ class QAPlus(_QueryAttack):
     """QA+: a candidate drawn uniformly from the gallery is pulled towards the top (ideal ~50)."""
 
     name = "QA+"
-    reports = ("QA+",)
-    attacker_goal = -1
+    measures = (Measure("QA+", score=lambda v: 2.0 * v, higher_is_more_robust=True),)  # ideal 50 -> 100
+    probe_order = 2
     sign = 1
 
     def _candidates(self, batch: Batch) -> torch.Tensor:
@@ -46,8 +46,8 @@ class QAMinus(_QueryAttack):
     """QA-: a candidate drawn from the query's top-1% neighbours is pushed down."""
 
     name = "QA-"
-    reports = ("QA-",)
-    attacker_goal = 1
+    measures = (Measure("QA-", score=lambda v: 100.0 - v, higher_is_more_robust=False),)
+    probe_order = 1
     sign = -1
 
     def _candidates(self, batch: Batch) -> torch.Tensor:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from retrieval.attacks.base import Attack, Batch, Plan
+from retrieval.attacks.base import Attack, Batch, Measure, Plan
 
 
 class TargetedMismatch(Attack):
     name = "TMA"
-    reports = ("TMA",)
-    attacker_goal = 1
+    measures = (Measure("TMA", score=lambda v: 100.0 * (1.0 - v), higher_is_more_robust=False, unit="cosine"),)
 
     def select(self, batch: Batch) -> Plan:
         targets = self._draw(self.gallery.shape[0], len(batch.embeddings))

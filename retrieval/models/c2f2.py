@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from retrieval.distances import normalize
+from retrieval.models.base import EmbeddingNet
 
 
-class C2F2(nn.Module):
+class C2F2(EmbeddingNet):
     """Two conv blocks and two linear layers; no BatchNorm or dropout, PyTorch default init.
 
     The forward returns L2-normalised embeddings so every consumer (loss, miners, attacks, ONNX) sees metric `N`.

@@ -10,6 +10,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
 from retrieval.distances import normalize
+from retrieval.models.base import EmbeddingNet
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def _backbone(pretrained: bool) -> nn.Module:
         return resnet18(weights=None)
 
 
-class ResNet18(nn.Module):
+class ResNet18(EmbeddingNet):
     """ResNet-18 whose fc is a fresh Linear(512 -> embedding_dim); input in [0, 1], output L2-normalised.
 
     ImageNet mean/std normalisation runs inside forward so attacks back-propagate through it to [0, 1] pixels.
@@ -53,6 +54,10 @@ class ResNet18(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.train()
+
+    @classmethod
+    def build(cls, embedding_dim: int, *, pretrained: bool) -> ResNet18:
+        return cls(embedding_dim, pretrained=pretrained)
 
     def train(self, mode: bool = True) -> ResNet18:
         super().train(mode)

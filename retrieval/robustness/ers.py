@@ -7,38 +7,20 @@ normalised embeddings (metric N).
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
+from retrieval.attacks import MEASURES
 from retrieval.errors import UserError
 
-_NORMALISE: dict[str, Callable[[float], float]] = {
-    "CA+": lambda v: 2.0 * v,  # ideal 50 (a random rank) -> 100
-    "CA-": lambda v: 100.0 - v,
-    "QA+": lambda v: 2.0 * v,
-    "QA-": lambda v: 100.0 - v,
-    "TMA": lambda v: 100.0 * (1.0 - v),
-    "ES:D": lambda v: 100.0 * (2.0 - v) / 2.0,
-    "ES:R": lambda v: v,
-    "LTM": lambda v: v,
-    "GTM": lambda v: v,
-    "GTT": lambda v: v,
-}
-
-ATTACK_KEYS: tuple[str, ...] = tuple(_NORMALISE)
+ATTACK_KEYS: tuple[str, ...] = tuple(MEASURES)
 """The ten measured values in the paper's column order."""
-
-HIGHER_IS_MORE_ROBUST: dict[str, bool] = {
-    "CA+": True, "CA-": False, "QA+": True, "QA-": False, "TMA": False,
-    "ES:D": False, "ES:R": True, "LTM": True, "GTM": True, "GTT": True,
-}
-"""Which direction of each raw value means a more robust model (the arrows of the paper's tables)."""
 
 
 def normalized_score(key: str, value: float) -> float:
-    """One raw attack value -> its normalised score s_k (higher = more robust)."""
-    return _NORMALISE[key](float(value))
+    """One raw attack value -> its normalised score s_k (higher = more robust), as its attack's Measure says."""
+    return MEASURES[key].score(float(value))
 
 
 def ers_normalize(values: Mapping[str, float]) -> dict[str, float]:

@@ -20,17 +20,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from retrieval.attacks import ATTACKS, attack_config
-from retrieval.attacks.profiles import PROFILES, STRONG, protocol
+from retrieval.attacks import ATTACKS
 from retrieval.datasets import ImageDataset
 from retrieval.distances import normalize
 from retrieval.distributed import Processes
 from retrieval.errors import UserError
-from retrieval.robustness.ers import ATTACK_KEYS, ers, ers_interval, ers_normalize
 from retrieval.metrics import benign_metrics, embed
-from retrieval.robustness.pgd import uniform_noise
 from retrieval.progress import tracked
-from retrieval.protocol import protocol_for
+from retrieval.protocol import PROFILES, STRONG, attack_config, describe_attack, protocol_for
+from retrieval.robustness.ers import ATTACK_KEYS, ers, ers_interval, ers_normalize
+from retrieval.robustness.pgd import uniform_noise
 from retrieval.sampling import balanced_subset
 from retrieval.seeding import generator
 
@@ -53,7 +52,6 @@ def evaluate_robustness(
     batch_size: int | None = None,
     progress: bool = True,
     noise_baseline: bool = False,
-    eps: float | None = None,
     strong: bool = False,
     processes: Processes | None = None,
 ) -> dict | None:
@@ -61,12 +59,12 @@ def evaluate_robustness(
     values, benign metrics, the protocol, configuration and timings.
 
     `profile` defaults to the one of the model's input-size protocol (retrieval.protocol). `strong` searches its
-    budget with the strong attacker (APGD with a restart, retrieval/attacks/profiles.py) instead of the published one.
+    budget with the strong attacker (APGD with a restart, retrieval/protocol.py) instead of the published one.
     Under torchrun (`processes`) each process attacks its part of the batches; rank 0 gathers them and returns the
     report one process would, the others None."""
     labels = _labels(data, labels)
-    profile = protocol_for(_input_size(model, data)).profile if profile is None else profile
-    cfg = attack_config(profile, attacker=STRONG if strong else "published", steps=steps, restarts=restarts, eps=eps,
+    profile = protocol_for(_input_size(model, data)).evaluation.name if profile is None else profile
+    cfg = attack_config(profile, attacker=STRONG if strong else "published", steps=steps, restarts=restarts,
                         reference_quirks=reference_quirks)
     batch_size = batch_size or PROFILES[profile].batch_size
     if batch_size < 1 or (max_queries is not None and max_queries < 1):
@@ -122,7 +120,7 @@ def evaluate_robustness(
     low, high = ers_interval(per_query, seed=seed) if n > 1 else (float("nan"), float("nan"))
     report = {
         "profile": profile,
-        "protocol": protocol(profile, cfg, reference_quirks),
+        "protocol": describe_attack(profile, cfg, reference_quirks),
         "strong": strong,
         "config": {
             "eps": cfg.eps, "alpha": cfg.alpha, "steps": cfg.steps, "restarts": cfg.restarts, "schedule": cfg.schedule,

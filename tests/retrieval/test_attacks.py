@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retrieval.attacks import ATTACKS, Attack, Plan, attack_config, get_attack
+from retrieval.attacks import ATTACKS, Attack, Plan, get_attack
 from retrieval.attacks.base import NOT_IN_GALLERY, Batch, gallery_distances
-from retrieval.attacks.profiles import protocol
 from retrieval.datasets import load_dataset
 from retrieval.distances import normalize
 from retrieval.errors import UserError
+from retrieval.protocol import attack_config, describe_attack
 from retrieval.robustness.pgd import PGDConfig
 
 GALLERY, QUERIES = 240, 64
@@ -221,7 +221,7 @@ def _images() -> torch.Tensor:
     return torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))
 
 
-class TwoPlans(Attack):
+class TwoPlans(Attack, register=False):
     """Reports a fixed value per image and plan: plan A is stronger on image 0, plan B on image 1."""
 
     name, reports, attacker_goal = "two-plans", ("V",), 1
@@ -234,7 +234,7 @@ class TwoPlans(Attack):
         return (embeddings * 0).sum(dim=1), {"V": plan.data["V"]}
 
 
-class DrawsTargets(Attack):
+class DrawsTargets(Attack, register=False):
     name, reports, attacker_goal = "draws", ("V",), 1
 
     def select(self, batch: Batch) -> Plan:
@@ -307,12 +307,12 @@ def test_attack_budgets_refuse_each_negative_setting_as_a_user_error(negative):
 
 def test_attack_budgets_name_the_reference_protocol():
     reference = attack_config("rob28", reference_quirks=True)
-    assert protocol("rob28", reference, True) == (
+    assert describe_attack("rob28", reference, True) == (
         "rob28 eps 77/255, alpha 3/255, 32 steps x 1 start(s), reference protocol "
         "(last iterate, reference GTM target, LTM self entry, ES:D one step early)")
 
 
-class FlatReport(Attack):
+class FlatReport(Attack, register=False):
     """Reports the same value for every iterate; J is the first coordinate of the unit embedding."""
 
     name, reports, attacker_goal = "flat", ("V",), 1

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retrieval.attacks import ATTACKS, attack_config, get_attack
-from retrieval.robustness.ers import HIGHER_IS_MORE_ROBUST
+from retrieval.attacks import ATTACKS, MEASURES, get_attack
+from retrieval.protocol import attack_config
 from test_attacks import QUERIES, data, gallery, model  # noqa: F401  (module-scoped fixtures)
 
 
@@ -22,11 +22,11 @@ def test_attack_beats_uniform_noise_of_the_same_budget(name, model, data, galler
     attack.generator.manual_seed(0)  # the same targets as the attack
     noise = attack.measure_perturbed(model, images[:QUERIES], noisy, labels[:QUERIES])
     for key in attacked.values:
-        robust_way = 1 if HIGHER_IS_MORE_ROBUST[key] else -1
+        robust_way = 1 if MEASURES[key].higher_is_more_robust else -1
         gain = robust_way * (noise.values[key].float().mean() - attacked.values[key].float().mean())
         assert gain >= 0, key
     main = attack.reports[0]
-    robust_way = 1 if HIGHER_IS_MORE_ROBUST[main] else -1
+    robust_way = 1 if MEASURES[main].higher_is_more_robust else -1
     assert robust_way * (noise.values[main].float().mean() - attacked.values[main].float().mean()) > 0, main
 
 

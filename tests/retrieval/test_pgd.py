@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from retrieval.attacks import ATTACKS, attack_config, get_attack
+from retrieval.attacks import ATTACKS, get_attack
 from retrieval.datasets import load_dataset
+from retrieval.protocol import attack_config
 from retrieval.robustness.pgd import PGDConfig, apgd_checkpoints, pgd
 from test_attacks import TinyEmbedder
 

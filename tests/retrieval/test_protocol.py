@@ -51,7 +51,7 @@ def test_training_evaluation_export_and_serving_use_one_protocol(size, expected)
     served = default_eps(SimpleNamespace(bundle=SimpleNamespace(config=undefended, input_size=size)))
 
     assert (trained_eps, trained_alpha) == (expected.train_eps, expected.train_alpha)
-    assert evaluation["profile"] == expected.profile
+    assert evaluation["profile"] == expected.evaluation.name
     assert evaluation["config"]["eps"] == exported["eps"] == served == trained_eps
     assert undefended["eps"] is None
 
@@ -87,7 +87,7 @@ def test_gallery_and_upload_decoding_follow_the_protocol(size, tmp_path: Path, d
     gallery = decode_image(_banded_png(), size=size, channels=1)
     upload = asyncio.run(decode_all(decoder, [_banded_png()], bundle, settings))[0]
     assert torch.equal(gallery, upload)
-    assert bool(gallery[0, 0].mean() > 0.5) is not expected.crop  # the top row is the band unless cropped away
+    assert bool(gallery[0, 0].mean() > 0.5) is (expected.resize_ratio is None)  # the top row is the band unless cropped away
     assert max_pixels(settings, bundle) == expected.max_pixels
 
 

@@ -10,7 +10,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from retrieval.atomic import atomic_path
-from retrieval.attacks.profiles import PROFILES
+from retrieval.protocol import PROFILES
 from serve.app import create_app
 from serve.routes import probe as probe_route
 from tests.support.artifacts import write_index

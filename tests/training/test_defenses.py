@@ -22,12 +22,14 @@ from retrieval.distances import normalize
 from retrieval.errors import UserError
 from retrieval.robustness.pgd import AUTO_PRECISION_VARIABLE, PGDConfig, auto_precision, bf16_is_fast, pgd
 from tests.support.ports import free_port
-from training.defenses import build_defense
+from training.defenses import build_defense, validate
 from training.defenses.act import AntiCollapse
 from training.defenses.base import clean_embeddings
-from training.defenses.config import DefenseConfig, validate
+from training.defenses.config import DefenseConfig
+from training.defenses.destinations import build_destination
+from training.defenses.destinations.base import hm_objective
+from training.defenses.destinations.lga import LGADestination
 from training.defenses.hm import EARLY_STOP_TOL, MinMax
-from training.defenses.lga import LGADestination, build_destination, hm_objective
 from training.defenses.notation import format_method, grammar, parse_method
 from training.losses import hardness, ics_loss
 from training.miners import get_miner
@@ -102,7 +104,7 @@ def test_hm_with_source_destination_is_regular_training(batch):
 def test_min_max_perturbs_every_triplet(batch):
     model, images, labels = batch
     defense, loss, stats = run("HM[R,2]", model, images, labels)
-    assert isinstance(defense, MinMax) and defense.name == "HM[R,2]"
+    assert isinstance(defense, MinMax) and format_method(defense.cfg) == "HM[R,2]"
     assert stats["perturbed_fraction"] == 1.0
     assert stats["hardness_adv"] > stats["hardness_source"]
     assert "hardness_destination" not in stats
@@ -161,7 +163,7 @@ def test_excluding_settled_triplets_does_not_change_the_attack(batch):
     model, images, labels = batch
     from retrieval.robustness.pgd import PGDConfig, pgd
     from training.defenses.hm import EARLY_STOP_TOL
-    from training.defenses.lga import hm_objective
+    from training.defenses.destinations.base import hm_objective
 
     model.double()
     images = images.double()
@@ -625,7 +627,7 @@ def test_regular_training_mines_with_the_configured_miner_settings_and_seed(batc
 
 
 def test_boost_destination_adds_xi_times_the_remaining_progress():
-    from training.defenses.lga import build_destination
+    from training.defenses.destinations import build_destination
 
     clean = torch.nn.functional.normalize(torch.randn(16, 8, generator=torch.Generator().manual_seed(0)), dim=1)
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 3, 3]).repeat_interleave(2)

@@ -2,7 +2,7 @@
 
 Each defense is one class that registers itself by subclassing `Defense` with a `key` (training/defenses/base.py);
 its notation, the config fields it reads and its own checks are class attributes, which the registry
-(config.DEFENSES), validation (config.validate) and the paper notation (notation.py) read. Adding a defense: one
+(base.DEFENSES), validation (base.validate) and the paper notation (notation.py) read. Adding a defense: one
 file here defining the class, imported below, and its section in docs/method.md.
 
 `DefenseConfig.reference = True` reproduces the reference implementation instead of the intended behaviour. It
@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import torch
 
-from training.defenses.base import Defense
-from training.defenses.config import DEFENSES, DefenseConfig, validate
-from training.defenses.none import Regular  # noqa: F401  (each import registers its defenses, in this order)
-from training.defenses.est import EmbeddingShift  # noqa: F401
+from training.defenses.base import DEFENSES, Defense, validate
+from training.defenses.config import DefenseConfig
+from training.defenses.none import NoDefense  # noqa: F401  (each import registers its defenses, in this order)
+from training.defenses.est import EmbeddingShiftedTriplet  # noqa: F401
 from training.defenses.act import AntiCollapse  # noqa: F401
 from training.defenses.hm import HardnessManipulation, MinMax  # noqa: F401
 
@@ -39,4 +39,4 @@ def build_defense(cfg: DefenseConfig, *, generator: torch.Generator | None = Non
     return DEFENSES[cfg.defense](cfg, generator=generator)
 
 
-__all__ = ["DEFENSES", "Defense", "DefenseConfig", "build_defense"]
+__all__ = ["DEFENSES", "Defense", "DefenseConfig", "build_defense", "validate"]

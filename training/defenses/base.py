@@ -21,11 +21,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from retrieval.robustness.pgd import PGDConfig, PGDResult, auto_precision, frozen, pgd, unwrap
+from retrieval.errors import UserError
 from retrieval.protocol import protocol_for
-from training.defenses.config import DEFENSES, DefenseConfig
-from training.defenses.notation import format_method
-from training.miners import Miner, get_miner
+from retrieval.registry import Registered, Registry
+from retrieval.robustness.pgd import SCHEDULES, PGDConfig, PGDResult, auto_precision, frozen, pgd, unwrap
+from training.defenses.config import DefenseConfig
+from training.miners import Miner, check_miner, get_miner
 
 DEFAULT_STEPS = 32
 REFERENCE_MINER_MARGIN = 1.0
@@ -33,14 +34,19 @@ REFERENCE_MINER_MARGIN = 1.0
 
 Stats = dict[str, float]
 
+DEFENSES = Registry("defense", key="key")
+"""Every defense by its config key (none, est, act, hm, minmax), in the order training/defenses/__init__.py imports
+them."""
 
-class Defense:
+
+class Defense(Registered):
     """One training method. Subclasses implement `__call__`; state (e.g. LGA's previous loss) goes in state_dict.
 
-    A subclass that sets `key` registers itself in DEFENSES under it; validation (config.validate), the paper notation
+    A subclass that sets `key` registers itself in DEFENSES under it; validation (`validate` below), the paper notation
     (notation.py) and build_defense read everything else they need from the class attributes below.
     """
 
+    registry = DEFENSES
     key: ClassVar[str]
     """DefenseConfig.defense of this method (none, est, act, hm, minmax)."""
     notation: ClassVar[str]
@@ -56,19 +62,13 @@ class Defense:
     bf16_safe: ClassVar[bool] = True
     """Whether precision `auto` may run this defense's PGD in bf16 (measured in benchmarks/train_speed.py)."""
 
-    def __init_subclass__(cls, **kwargs) -> None:
-        super().__init_subclass__(**kwargs)
-        if "key" in cls.__dict__:
-            DEFENSES[cls.key] = cls
-
     @classmethod
     def check(cls, cfg: DefenseConfig) -> None:
-        """Rules of this defense beyond config.validate's shared ones; raise UserError."""
+        """Rules of this defense beyond `validate`'s shared ones; raise UserError."""
 
     def __init__(self, cfg: DefenseConfig, *, generator: torch.Generator | None = None) -> None:
         self.cfg = cfg
         self.generator = generator
-        self.name = format_method(cfg)
         self.eta = cfg.pgd_steps if cfg.pgd_steps is not None else DEFAULT_STEPS
 
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, Stats]:
@@ -100,6 +100,33 @@ class Defense:
         cfg = PGDConfig(eps, alpha, self.eta, random_start=self.cfg.random_start, early_stop_tol=early_stop_tol,
                         precision=self.precision(x.device), schedule=self.cfg.schedule)
         return pgd(model, x, objective, cfg, generator=self.generator)
+
+
+def validate(cfg: DefenseConfig) -> None:
+    """Reject a configuration that no defense can run, with one readable line (UserError)."""
+    defense = DEFENSES.lookup(cfg.defense)
+    check_miner(cfg.source, "source")
+    if cfg.destination is not None and not defense.takes_destination:
+        raise UserError(f"--destination applies to HM only, not to {cfg.defense}")
+    defense.check(cfg)
+    if cfg.ics < 0:
+        raise UserError(f"ICS weight must be >= 0, got {cfg.ics:g}")
+    if cfg.ics and not defense.ics_applies:
+        raise UserError(f"ICS needs an adversarial anchor: use it with HM, not {cfg.defense}")
+    if cfg.pgd_steps is not None and cfg.pgd_steps < 1:
+        raise UserError(f"PGD steps must be >= 1, got {cfg.pgd_steps}")
+    for name in ("eps", "alpha"):
+        value = getattr(cfg, name)
+        if value is not None and not 0 <= value <= 1:
+            raise UserError(f"{name} must lie in [0, 1] (images are in [0, 1]), got {value:g}")
+    if cfg.margin < 0 or cfg.lga_u <= 0:
+        raise UserError("margin must be >= 0 and the LGA clip u must be > 0")
+    if cfg.schedule not in SCHEDULES:
+        raise UserError(f"PGD schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    if cfg.schedule == "apgd" and cfg.reference:
+        raise UserError("the APGD training adversary is not the reference's; drop +APGD or --reference-quirks")
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        raise UserError(f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
 
 
 def source_miner(cfg: DefenseConfig, generator: torch.Generator | None, *, reference_margin: bool) -> Miner:

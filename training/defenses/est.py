@@ -18,7 +18,7 @@ from training.losses import hardness, triplet_loss
 REFERENCE_NOISE = 1e-7
 
 
-class EmbeddingShift(Defense):
+class EmbeddingShiftedTriplet(Defense):
     key, notation = "est", "EST"
     bf16_safe = False  # bf16 moved its adversarial hardness by 0.04 against fp32 (limit 0.01), so `auto` keeps fp32
     trains_batchnorm = True  # the published EST baseline trains BatchNorm on batch statistics (frozen elsewhere)

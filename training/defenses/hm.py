@@ -7,9 +7,9 @@ triplets, plus lambda * ICS when on.
 
 Triplets whose clean hardness already reaches H_D get exactly zero gradient, so they never move: they are left out of
 the PGD batch altogether (with the early-stop tolerance rescaled by N/k, the k moving triplets follow exactly the
-steps they would take in the full batch). HM[X, X] is regular training with miner X and skips PGD.
+steps they would take in the full batch). HM[X, X] is N/A[X] (no defense) and skips PGD.
 
-The destination decides how the adversary pursues it (training/defenses/lga.py); the constant 2 makes HM the direct
+The destination decides how the adversary pursues it (training/defenses/destinations/); the constant 2 makes HM the direct
 min-max, which also has its own config key, `minmax` (MinMax below).
 """
 
@@ -21,8 +21,10 @@ from torch import nn
 from retrieval.robustness.pgd import unwrap
 from training.defenses.base import Defense, Stats, clean_embeddings, mean, moved_triplets, source_miner, train_forward
 from training.defenses.config import DefenseConfig
-from training.defenses.lga import MAX_HARDNESS, LGADestination, MinerDestination, build_destination, check_destination
-from training.defenses.none import Regular
+from training.defenses.destinations import MAX_HARDNESS, build_destination, check_destination
+from training.defenses.destinations.lga import LGADestination
+from training.defenses.destinations.miner import MinerDestination
+from training.defenses.none import NoDefense
 from training.losses import hardness, ics_loss, triplet_loss
 
 EARLY_STOP_TOL = 1e-7
@@ -47,8 +49,8 @@ class HardnessManipulation(Defense):
         )
         self.miner = source_miner(cfg, generator, reference_margin=self.destination.reference_miner_margin)
         same = isinstance(self.destination, MinerDestination) and self.destination.miner.name == self.miner.name
-        self.regular = Regular(cfg, generator=generator) if same else None
-        if self.regular is not None:
+        self.undefended = NoDefense(cfg, generator=generator) if same else None
+        if self.undefended is not None:
             self.eta = 0
 
     def state_dict(self) -> dict:
@@ -58,8 +60,8 @@ class HardnessManipulation(Defense):
         self.destination.load_state_dict(state.get("destination", {}))
 
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, Stats]:
-        if self.regular is not None:
-            return self.regular(model, images, labels)
+        if self.undefended is not None:
+            return self.undefended(model, images, labels)
         if self.cfg.reference:
             self.eta = self.destination.reference_steps.get(unwrap(model).arch, self.eta)
         clean = clean_embeddings(model, images)

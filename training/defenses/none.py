@@ -1,4 +1,5 @@
-"""Regular training N/A[X] (docs/method.md#triplet-loss-and-hardness): clean forward, miner X on the embeddings, triplet loss."""
+"""No defense, N/A[X] (--defense none; docs/method.md#triplet-loss-and-hardness): clean forward, miner X on the
+embeddings, triplet loss."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from training.defenses.config import DefenseConfig
 from training.losses import hardness, triplet_loss
 
 
-class Regular(Defense):
+class NoDefense(Defense):
     """No adversary: one forward+backward of the 2N clean images (paper cost 1)."""
 
     key, notation = "none", "N/A"

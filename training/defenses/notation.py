@@ -10,7 +10,7 @@ Grammar (spaces ignored):
     DEST   := X | NUMBER in [-2, 2] | "gLGA" | "gB(" X ")"
     X      := R | M | S | D | H                              Random, seMihard, Softhard, Distance, Hardest
 
-The bases come from the registry (training/defenses/config.py:DEFENSES): N/A[X], EST[X], ACT[X], HM[X,DEST]; a
+The bases come from the registry (training/defenses/base.py:DEFENSES): N/A[X], EST[X], ACT[X], HM[X,DEST]; a
 defense with a `fixed_destination` (min-max, HM[X,2]) is what its notation with that destination parses to.
 `format_method` writes the canonical form used in metrics and bundles; parse(format(cfg)) gives cfg's method back.
 """
@@ -21,8 +21,10 @@ import re
 from typing import Any
 
 from retrieval.errors import UserError
-from training.defenses.config import DEFENSES, DefenseConfig, defense_class
-from training.miners import LETTERS
+from training.defenses.base import DEFENSES
+from training.defenses.config import DefenseConfig
+from training.defenses.destinations import destination_from_notation, destination_grammar, destination_notation
+from training.miners import LETTERS, paper_letter
 
 DEFAULT_ICS = 0.5
 METHOD_FIELDS = ("defense", "source", "destination", "ics", "random_start", "early_stop", "schedule")
@@ -35,16 +37,14 @@ _PATTERN = re.compile(
     r"(?:&ICS(?:\((?P<ics>[^)]*)\))?(?P<flag>))?"
     r"(?P<rs>\+RS)?(?P<full>\+FULL)?(?P<apgd>\+APGD)?"
 )
-_BOOST = re.compile(r"g_?B\((?P<x>[A-Z])\)")
-_NAME_TO_LETTER = {name: letter for letter, name in LETTERS.items()}
 
 
 def grammar() -> str:
-    """The grammar in one line, with the bases of the registered defenses."""
+    """The grammar in one line, with the bases of the registered defenses and the forms of the destinations."""
     bases = " | ".join(dict.fromkeys(f"{cls.notation}[X,DEST]" if _shows_destination(cls) else f"{cls.notation}[X]"
                                      for cls in DEFENSES.values()))
     return (f'METHOD := BASE["&ICS"["(" lambda ")"]]["+RS"]["+FULL"]["+APGD"]; BASE := {bases}; '
-            "DEST := X | number in [-2,2] | gLGA | gB(X); X := R|M|S|D|H (e.g. HM[S,gLGA]&ICS)")
+            f"DEST := {destination_grammar()}; X := {'|'.join(LETTERS)} (e.g. HM[S,gLGA]&ICS)")
 
 
 def said(cfg: DefenseConfig) -> dict[str, Any]:
@@ -84,12 +84,12 @@ def parse_method(text: str) -> DefenseConfig:
 
 def format_method(cfg: DefenseConfig) -> str:
     """DefenseConfig -> canonical paper notation, e.g. "HM[S,gLGA]&ICS", "HM[R,2]" for min-max, "N/A[R]"."""
-    defense = defense_class(cfg.defense)
-    inside = _letter(cfg.source)
+    defense = DEFENSES.lookup(cfg.defense)
+    inside = paper_letter(cfg.source)
     if defense.fixed_destination is not None:
         inside += f",{defense.fixed_destination}"
     elif defense.takes_destination:
-        inside += f",{_format_destination(cfg.destination)}"
+        inside += f",{destination_notation(cfg.destination)}"
     text = f"{defense.notation}[{inside}]"
     if cfg.ics:
         text += "&ICS" if cfg.ics == DEFAULT_ICS else f"&ICS({cfg.ics:g})"
@@ -117,20 +117,10 @@ def _miner(letter: str, text: str) -> str:
 
 
 def _destination(dest: str, text: str) -> str:
-    if dest in ("gLGA", "g_LGA"):
-        return "lga"
-    boost = _BOOST.fullmatch(dest)
-    if boost:
-        return "boost:" + _miner(boost["x"], text)
-    if dest in LETTERS:
-        return LETTERS[dest]
     try:
-        value = float(dest)
-    except ValueError:
-        raise _malformed(text, f"unknown destination {dest!r}") from None
-    if not -2.0 <= value <= 2.0:
-        raise _malformed(text, f"constant destination {value:g} outside [-2, 2]")
-    return f"{value:g}"
+        return destination_from_notation(dest)
+    except ValueError as why:
+        raise _malformed(text, str(why)) from None
 
 
 def _ics(match: re.Match, text: str) -> float:
@@ -145,24 +135,3 @@ def _ics(match: re.Match, text: str) -> float:
     if value <= 0:
         raise _malformed(text, "ICS weight must be > 0")
     return value
-
-
-def _letter(miner: str) -> str:
-    if miner in LETTERS:
-        return miner
-    if miner not in _NAME_TO_LETTER:
-        raise UserError(f"miner {miner!r} has no paper letter; choose one of: {', '.join(_NAME_TO_LETTER)}")
-    return _NAME_TO_LETTER[miner]
-
-
-def _format_destination(dest: str | None) -> str:
-    if dest is None:
-        raise UserError("HM needs a destination")
-    if dest == "lga":
-        return "gLGA"
-    if dest.startswith("boost:"):
-        return f"gB({_letter(dest.removeprefix('boost:'))})"
-    try:
-        return f"{float(dest):g}"
-    except ValueError:
-        return _letter(dest)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from retrieval.distances import distance_matrix, normalize
+from retrieval.registry import Registered, Registry
+
+MINERS = Registry("miner", key="name")
+"""Every miner by name, in the order training/miners/__init__.py imports them."""
 
 
-class Miner:
+class Miner(Registered):
     """Turns an SPC-2 batch [a0, p0, a1, p1, ...] into N triplets with anchors 0, 2, ..., 2N-2 in that order.
 
     `reference=True` reproduces the reference implementation's quirks (no clamp before the sqrt of the distance
@@ -15,7 +21,11 @@ class Miner:
     `generator` seeds every random choice so mining is reproducible.
     """
 
-    name: str = ""
+    registry = MINERS
+    name: ClassVar[str]
+    """Registers the miner under this name (--source softhard)."""
+    letter: ClassVar[str]
+    """Its letter in the paper's notation (HM[S,...])."""
 
     def __init__(self, margin: float = 0.2, reference: bool = False, generator: torch.Generator | None = None) -> None:
         self.margin = margin

@@ -27,6 +27,7 @@ class DistanceWeightedMiner(Miner):
     """
 
     name = "distance"
+    letter = "D"
 
     def mine(
         self, embeddings: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor

@@ -16,6 +16,7 @@ class HardestMiner(Miner):
     """
 
     name = "hardest"
+    letter = "H"
 
     def mine(
         self, embeddings: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor

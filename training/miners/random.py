@@ -11,6 +11,7 @@ class RandomMiner(Miner):
     """Negative uniform over the other-label images; uniform over the whole batch if there are none."""
 
     name = "random"
+    letter = "R"
 
     def mine(
         self, embeddings: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor

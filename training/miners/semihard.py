@@ -15,6 +15,7 @@ class SemihardMiner(Miner):
     """
 
     name = "semihard"
+    letter = "M"
 
     def mine(
         self, embeddings: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor

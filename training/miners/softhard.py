@@ -18,6 +18,7 @@ class SofthardMiner(Miner):
     """
 
     name = "softhard"
+    letter = "S"
 
     def mine(
         self, embeddings: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor
