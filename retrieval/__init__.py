@@ -1,4 +1,6 @@
-"""Retrieval: datasets, benign metrics, the PGD engine and ranking attacks, ERS, ONNX embedding and FAISS galleries.
+"""Retrieval, the core both wings stand on: models/ (architectures and the one model loader), datasets/, attacks/,
+robustness/ (the PGD engine, the evaluation, ERS) and gallery/ (ONNX embedding, FAISS indexes), plus the Protocol
+and the small shared modules beside them.
 
-This is the bottom layer: it imports neither `training` nor `serve`.
+It imports neither `training` nor `serve` (pyproject.toml [tool.importlinter]).
 """
