@@ -71,20 +71,25 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def by_configuration(rows: list[dict[str, Any]]) -> str:
-    """Mean and spread (min-max) over seeds of each method + options evaluated under the strong attacker."""
+    """Mean and spread (min-max) over seeds of each method + options + iteration count evaluated under the strong
+    attacker, with the training seconds that make "equal wall-clock" checkable."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if "strong" in r.get("ERS", {}):
-            groups.setdefault(f"{r['method']} {describe(r['options'])}".strip(), []).append(r)
-    lines = ["| configuration | seeds | iterations | ERS strong mean (min-max) | ERS rob28 mean | R@1 mean (min-max) | mAP mean |",
-             "|---|---|---|---|---|---|---|"]
+            name = f"{r['method']} {describe(r['options'])}, {r['steps']} it".replace(" ,", ",")
+            groups.setdefault(name, []).append(r)
+
+    def stat(values: list[float], digits: int) -> str:
+        return f"{statistics.fmean(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+    lines = ["| configuration | seeds | training s mean | ERS strong mean (min-max) | ERS rob28 mean "
+             "| R@1 mean (min-max) | mAP mean |", "|---|---|---|---|---|---|---|"]
     for name, group in groups.items():
-        def stat(values: list[float], digits: int) -> str:
-            return f"{statistics.fmean(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
-        lines.append(f"| {name} | {len(group)} | {statistics.fmean(r['steps'] for r in group):.0f} | "
+        rob28 = [r["ERS"]["rob28"] for r in group if "rob28" in r["ERS"]]
+        lines.append(f"| {name} | {len(group)} | {statistics.fmean(r['train_seconds'] for r in group):.0f} | "
                      f"{stat([r['ERS']['strong'] for r in group], 1)} | "
-                     f"{statistics.fmean(r['ERS']['rob28'] for r in group):.1f} | {stat([r['R@1'] for r in group], 3)} | "
-                     f"{statistics.fmean(r['mAP'] for r in group):.3f} |")
+                     f"{f'{statistics.fmean(rob28):.1f} ({len(rob28)} of {len(group)})' if rob28 else '-'} | "
+                     f"{stat([r['R@1'] for r in group], 3)} | {statistics.fmean(r['mAP'] for r in group):.3f} |")
     return "\n".join(lines) + "\n"
 
 
