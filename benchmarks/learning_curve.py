@@ -1,8 +1,8 @@
 """ERS under the published and the strong attacker, and R@1, against training time: one run per method, trained in
 stages with `train --resume` and evaluated at each stage from a copy of its checkpoint.
 
-    python benchmarks/learning_curve.py --method "HM[S,gLGA]&ICS+APGD" --stages 350,700,1300,2600 --queries 128
-    python benchmarks/learning_curve.py --method "ACT[R]" --pace "ACT[R]=2.0" --stages 120,240,450,900 --queries 128
+    python -m benchmarks.learning_curve --method "HM[S,gLGA]&ICS+APGD" --stages 350,700,1300,2600 --queries 128
+    python -m benchmarks.learning_curve --method "ACT[R]" --pace "ACT[R]=2.0" --stages 120,240,450,900 --queries 128
 
 Every stage is the same command a user runs (`robust-retrieval train --preset standard --method M --max-steps S`,
 then `--resume` to the next stage), so the curve of one method is one training run. The x axis is minutes on 2 idle
@@ -77,6 +77,10 @@ def evaluated(stage: Path, queries: int) -> dict[str, Any]:
 def measure(method: str, pace: float, stages: list[int], queries: int, seed: int, root: Path, rows: list[dict],
             curves: list[dict], out: Path) -> None:
     run = root / slug(method)
+
+    def save() -> None:  # after every stage, so a stopped benchmark keeps what it measured
+        atomic_write_json(out, {"queries": queries, "seed": seed, "rows": rows, "validations": curves})
+
     for steps in stages:
         train_to(run, method, steps, seed)
         summary = evaluated(snapshot(run, steps), queries)
@@ -86,11 +90,11 @@ def measure(method: str, pace: float, stages: list[int], queries: int, seed: int
             **{f"ERS_{name}": p["ers"] for name, p in summary["protocols"].items()},
             **{f"ERS_{name}_ci95": p["ers_interval"] for name, p in summary["protocols"].items()},
         })
-        atomic_write_json(out, {"queries": queries, "seed": seed, "rows": rows, "validations": curves})
+        save()
         print(f"{method:<18} {steps:>5} it  R@1 {rows[-1]['R@1']:.3f}  ERS rob28 {rows[-1]['ERS_rob28']:5.1f}  "
               f"strong {rows[-1]['ERS_strong']:5.1f}", flush=True)
     curves.extend(validations(run, method, pace))
-    atomic_write_json(out, {"queries": queries, "seed": seed, "rows": rows, "validations": curves})
+    save()
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

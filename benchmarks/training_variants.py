@@ -2,7 +2,7 @@
 
     robust-retrieval train --preset quick --method "ACT[R]" --out runs/var-act        # one run per variant
     robust-retrieval evaluate runs/var-act --protocols rob28,strong --max-queries 128  # optional, per run
-    python benchmarks/training_variants.py runs/var-*
+    python -m benchmarks.training_variants runs/var-*
 
 For every run: its method in paper notation and the options that differ from the method's defaults (step size, eta,
 eps, margin, init), iterations and training seconds, validation R@1 and the strong-attack proxy (`robust_QA-`,
