@@ -150,6 +150,23 @@ def test_intended_softhard_never_uses_the_anchor_as_positive() -> None:
         assert (labels[n] != labels[a]).all()
 
 
+def test_blend_takes_randoms_triplet_for_its_share_of_anchors_and_softhards_for_the_rest() -> None:
+    """Each class has two pairs at opposite poles, so Softhard's positive is always the other pair (distance 2, past
+    every negative) and Random's is always the partner: the anchors given their partner are the Random share."""
+    classes, dim = 200, 64
+    poles = F.normalize(torch.randn(classes, dim, generator=seeded(3)), dim=1)
+    pair = lambda v: torch.stack([v, F.normalize(v + 0.01 * poles.roll(1, 0), dim=1)], dim=1)  # noqa: E731
+    embeddings = torch.stack([pair(poles), pair(-poles)], dim=1).reshape(4 * classes, dim)
+    labels = torch.arange(classes).repeat_interleave(4)
+    miner = get_miner("B", generator=seeded())
+    a, p, n = miner(embeddings, labels)
+    partnered = (p == a + 1).float().mean().item()
+    assert abs(partnered - miner.random_share) < 0.07, partnered
+    other_pair = (p != a + 1) & (p != a)
+    assert (labels[p] == labels[a]).all() and (labels[n] != labels[a]).all()
+    assert (distance_matrix(embeddings)[a[other_pair], p[other_pair]] > 1.9).all()
+
+
 def test_hardest_picks_the_closest_negative() -> None:
     embeddings, labels = spc2_batch([0, 1, 2, 3, 4] * 6, dim=8)
     a, p, n = get_miner("H")(embeddings, labels)
@@ -322,7 +339,7 @@ def test_an_unknown_miner_is_refused_listing_letters_and_names():
     with pytest.raises(UserError) as refused:
         get_miner("Q")
     assert str(refused.value) == ("unknown miner 'Q'; choose one of: "
-                                  "R/random, M/semihard, S/softhard, D/distance, H/hardest")
+                                  "R/random, M/semihard, S/softhard, D/distance, H/hardest, B/blend")
 
 
 def test_distance_weighted_density_term_in_five_dimensions():

@@ -8,7 +8,7 @@ Grammar (spaces ignored):
                                     adversary steps with APGD's adaptive step size (all eta steps)
     BASE   := NOTATION "[" X "]" | NOTATION "[" X "," DEST "]"   each defense's class declares its NOTATION
     DEST   := X | NUMBER in [-2, 2] | "gLGA" | "gB(" X ")"
-    X      := R | M | S | D | H                              Random, seMihard, Softhard, Distance, Hardest
+    X      := R | M | S | D | H | B                          Random, seMihard, Softhard, Distance, Hardest, Blend
 
 The bases come from the registry (training/defenses/base.py:DEFENSES): N/A[X], EST[X], ACT[X], HM[X,DEST]; a
 defense with a `fixed_destination` (min-max, HM[X,2]) is what its notation with that destination parses to.

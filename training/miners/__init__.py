@@ -15,6 +15,7 @@ from training.miners.semihard import SemihardMiner  # noqa: F401
 from training.miners.softhard import SofthardMiner  # noqa: F401
 from training.miners.distance_weighted import DistanceWeightedMiner  # noqa: F401
 from training.miners.hardest import HardestMiner  # noqa: F401
+from training.miners.blend import BlendMiner  # noqa: F401
 
 LETTERS: dict[str, str] = {miner.letter: name for name, miner in MINERS.items()}
 """The paper's letter of each miner -> its name."""
