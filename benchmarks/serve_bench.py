@@ -1,6 +1,9 @@
 """What the service spends per /search against its in-process floor, and where the rest goes.
 
-floor    decode + onnxruntime embed + FAISS search of one 28x28 PNG in this process: median wall and CPU ms
+floor    decode + onnxruntime embed + FAISS search of one 28x28 PNG in this process: median wall and CPU ms;
+         and the decode alone, so "decoder hop" (the decoding processes' CPU per request less that decode) is the
+         decoding processes' share of what decoding outside the server's process costs (the server's side of the
+         socket is in its own CPU)
 HTTP     POST /search (28x28 PNG, top_k 10) through `robust-retrieval serve` (uvicorn, default log level) against
          the 10k Fashion-MNIST gallery, driven by `wrk` (Debian package; one C thread, a fixed body file) at
          concurrency 1, 8 and 32: CPU ms per request of the server process and of the service (the server with its
@@ -77,15 +80,18 @@ end
 """
 
 
-def floor_ms(art, image: bytes, n: int) -> tuple[float, float]:
-    """Median wall ms and mean CPU ms of decode + embed + search, single-threaded like the server's work."""
+def floor_ms(art, image: bytes, n: int) -> tuple[float, float, float]:
+    """Median wall ms and mean CPU ms of decode + embed + search, single-threaded like the server's work, and the
+    mean CPU ms of the decode alone (what the decoding processes would spend if the hop to them were free)."""
     engine = load_engine(art.index, art.bundle, threads=1, with_torch=False)
     cap = max_pixels(Settings(index=art.index, bundle=art.bundle), engine.bundle)
 
+    def decode():
+        return decode_array(image, size=engine.bundle.input_size, channels=engine.bundle.channels, max_pixels=cap,
+                            deadline=time.monotonic() + 2)[0]
+
     def query() -> None:
-        pixels, _ = decode_array(image, size=engine.bundle.input_size, channels=engine.bundle.channels,
-                                 max_pixels=cap, deadline=time.monotonic() + 2)
-        engine.search(engine.embed(torch.from_numpy(pixels)[None])[0], 10)
+        engine.search(engine.embed(torch.from_numpy(decode())[None])[0], 10)
 
     for _ in range(20):
         query()
@@ -95,7 +101,11 @@ def floor_ms(art, image: bytes, n: int) -> tuple[float, float]:
         start = time.perf_counter()
         query()
         times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000, (time.process_time() - cpu_start) * 1000 / n
+    cpu = (time.process_time() - cpu_start) * 1000 / n
+    decode_start = time.process_time()
+    for _ in range(n):
+        decode()
+    return statistics.median(times) * 1000, cpu, (time.process_time() - decode_start) * 1000 / n
 
 
 def bodies(image: bytes, workdir: Path, kinds: list[str]) -> dict[str, tuple[Path, str]]:
@@ -266,7 +276,7 @@ def main() -> None:
         art = fashion_10k(workdir)
         image = png(art.queries[0])
         os.sched_setaffinity(0, server_cores)
-        floor_wall, floor_cpu = floor_ms(art, image, 2000)
+        floor_wall, floor_cpu, decode_cpu = floor_ms(art, image, 2000)
         os.sched_setaffinity(0, client_cores)  # wrk and py-spy inherit it
         roots = {"this": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
         with contextlib.ExitStack() as stack:
@@ -285,13 +295,15 @@ def main() -> None:
                         for name, (url, proc) in servers.items()} if args.profile else {}
             probes = measure_probes(servers, image, args.probes)
         os.sched_setaffinity(0, server_cores)
-        again_wall, again_cpu = floor_ms(art, image, 2000)  # the machine's load drifts: keep the lower
+        again_wall, again_cpu, again_decode = floor_ms(art, image, 2000)  # the machine's load drifts: keep the lower
         floor_wall, floor_cpu = min(floor_wall, again_wall), min(floor_cpu, again_cpu)
+        decode_cpu = min(decode_cpu, again_decode)
     placement = {"server_cores": sorted(server_cores), "client_cores": sorted(client_cores)}
     baseline = {"root": str(roots["baseline"]), "revision": _revision(roots["baseline"]),
                 "search": http["baseline"], "profile": profiled.get("baseline"),
                 "probe_gtt_32": probes["baseline"]} if args.baseline else None
-    report(floor_wall, floor_cpu, http["this"], profiled.get("this"), probes["this"], placement, baseline, args.out)
+    report(floor_wall, floor_cpu, decode_cpu, http["this"], profiled.get("this"), probes["this"], placement, baseline,
+           args.out)
 
 
 def _revision(root: Path) -> str | None:
@@ -299,15 +311,15 @@ def _revision(root: Path) -> str | None:
     return done.stdout.strip() or None
 
 
-def report(floor_wall: float, floor_cpu: float, http: dict, profiled: dict | None, probes: dict, placement: dict,
-           baseline: dict | None, out: Path) -> None:
+def report(floor_wall: float, floor_cpu: float, decode_cpu: float, http: dict, profiled: dict | None, probes: dict,
+           placement: dict, baseline: dict | None, out: Path) -> None:
     cpu_target = 1.5 * floor_cpu + 0.3
     targets = {}
     shared = placement["server_cores"] == placement["client_cores"]
     table = Table(title=f"serve_bench: floor {floor_wall:.3f} ms wall, {floor_cpu:.3f} ms CPU; server on core(s) "
                         f"{placement['server_cores']}, wrk on {'the same' if shared else placement['client_cores']}")
     for column in ("server", "body", "c", "requests", "server CPU ms/req", "+ decoders", "- floor", "x floor",
-                   "p50 ms", "p99 ms", "req/s", "non-2xx", "5xx"):
+                   "decoder hop", "p50 ms", "p99 ms", "req/s", "non-2xx", "5xx"):
         table.add_column(column)
     measured = {"this": http} | ({f"baseline {baseline['revision']}": baseline["search"]} if baseline else {})
     for name, results in measured.items():
@@ -316,7 +328,8 @@ def report(floor_wall: float, floor_cpu: float, http: dict, profiled: dict | Non
                 cpu = r["service_cpu_ms_per_request"]
                 table.add_row(name, kind, c, str(r["requests"]), f"{r['server_cpu_ms_per_request']:.3f}",
                               f"{cpu:.3f}", f"{cpu - floor_cpu:.3f}", f"{cpu / floor_cpu:.2f}",
-                              f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['throughput_rps']:.0f}",
+                              f"{cpu - r['server_cpu_ms_per_request'] - decode_cpu:.3f}", f"{r['p50_ms']:.2f}",
+                              f"{r['p99_ms']:.2f}", f"{r['throughput_rps']:.0f}",
                               str(r["non_2xx"]), str(r["server_errors"]))
     for kind, levels in http.items():  # the targets are this revision's
         cpu = {c: r["service_cpu_ms_per_request"] for c, r in levels.items()}
@@ -359,6 +372,7 @@ def report(floor_wall: float, floor_cpu: float, http: dict, profiled: dict | Non
     for target, ok in targets.items():
         console.print(f"{'PASS' if ok else 'MISS'}  {target}")
     atomic_write_json(out, {"floor_ms": round(floor_wall, 3), "floor_cpu_ms": round(floor_cpu, 3),
+                            "decode_cpu_ms": round(decode_cpu, 3),
                             **placement, "gallery": 10000, "load_generator": "wrk", "uptime": _uptime(),
                             "search": http, "profile": profiled, "probe_gtt_32": probes, "targets": targets,
                             "baseline": baseline})
