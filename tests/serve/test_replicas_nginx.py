@@ -86,7 +86,7 @@ def new_images(directory: Path, count: int) -> Path:
 
 
 def test_a_reload_of_both_replicas_under_load_through_nginx_fails_no_request(artifacts, tmp_path) -> None:
-    nginx = shutil.which("nginx")
+    nginx = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")  # Debian puts it in sbin
     if nginx is None:
         pytest.skip("nginx is not installed: sudo apt-get install -y nginx")
     index = tmp_path / "indexes" / "fashion"
