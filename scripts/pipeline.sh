@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the embedded default (Fashion-MNIST): the quick preset's 700 iterations of the product's method
-# (HM[S,gLGA]&ICS+APGD, eta 8), its ERS measured under the published and the strong attacker on a seeded sample of 64
+# (HM[B,gLGA]&ICS+APGD, eta 8), its ERS measured under the published and the strong attacker on a seeded sample of 64
 # queries, ONNX export (which carries that measurement), an index of the test split, the service on 127.0.0.1, one
 # /search and one /probe request, then the web page's address. Started in a terminal, the service keeps running for the
 # page until Ctrl-C; otherwise (scripts, CI) it is stopped.
@@ -10,7 +10,8 @@ rr=".venv/bin/robust-retrieval"
 run="${RUN_DIR:-runs/quickstart}"
 port="${PORT:-8765}"
 
-# The product's method at a CPU budget: a fixed iteration count, so the same seed gives the same model on any machine.
+# The product's method at a CPU budget: a fixed iteration count, so the same seed gives the same model on any machine
+# with the same kind of CPU and thread count.
 [ -f "$run/metrics.json" ] || $rr train --preset quick --out "$run"  # a rerun reuses it
 [ -f "$run/robustness-summary.json" ] || $rr evaluate "$run" --protocols rob28,strong --max-queries 64
 [ -f "$run/bundle/manifest.json" ] || $rr export "$run" -o "$run/bundle"

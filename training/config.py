@@ -16,7 +16,7 @@ from retrieval.protocol import protocol_for
 from training.defenses import DefenseConfig, validate as validate_defense
 from training.defenses.notation import parse_method, said
 
-PRODUCT_METHOD = "HM[S,gLGA]&ICS+APGD"
+PRODUCT_METHOD = "HM[B,gLGA]&ICS+APGD"
 """What `train` trains when neither --method nor --defense says otherwise (docs/method.md#the-products-method)."""
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -44,9 +44,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"defense": {"pgd_steps": 32}},
 }
 """quick: 700 iterations at eta 8, validated once at the end on 2,000 test images; eta 8 because the product's APGD
-adversary searches the whole eps-ball in 8 steps (BENCHMARKS.md, "Training against the strong attacker"): 0.68 s per
+adversary searches the whole eps-ball in 8 steps (BENCHMARKS.md, "Training against the strong attacker"): 0.70 s per
 iteration on 2 idle cores, about 8 minutes. A fixed iteration count, not a time budget, so the same seed gives the same
-model on any machine (--time-budget stays an option). standard: 3,000 iterations (6.4 epochs) at eta 8, about 45
+model on any machine with the same kind of CPU and torch thread count (metrics.json records `torch_threads`; float
+sums follow the thread count); --time-budget stays an option. standard: 3,000 iterations (6.4 epochs) at eta 8, about 45
 minutes (an iteration slows to about 1 s as HM moves more triplets), validated every epoch and checkpointed every 100
 iterations for --resume. paper: the published protocol (model defaults: 8 epochs c2f2 / 75 resnet18) with eta 32."""
 

@@ -300,6 +300,7 @@ class Trainer:
                 "seconds_per_epoch": pos.train_seconds / epochs if epochs else float("nan"),
                 "seconds_per_step": pos.train_seconds / max(pos.step, 1),
                 "world_size": self.processes.world_size,
+                "torch_threads": torch.get_num_threads(),  # float summation order, so part of reproducing a run
                 "dataset": cfg.dataset,
                 "model": cfg.model,
             }

@@ -49,6 +49,7 @@ def test_run_directory_holds_config_log_checkpoint_metrics_and_curves(finished_r
     assert metrics["method"] == "N/A[R]" and metrics["paper_cost"] == 1 and metrics["collapsed"] is False
     assert metrics["image_passes_per_iter"] == 16.0 and metrics["train_seconds"] > 0
     assert metrics["seconds_per_epoch"] == pytest.approx(metrics["train_seconds"] / 1.5)
+    assert metrics["torch_threads"] == torch.get_num_threads()
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [2, 4, 6]
     assert [(r["epoch"], r["step"]) for r in records if r["kind"] == "val"] == [(1.0, 4), (1.5, 6)]
@@ -146,7 +147,8 @@ def test_two_ddp_processes_end_with_identical_weights(tmp_path, data_root) -> No
 
 @pytest.mark.parametrize("preset", ["quick", "standard"])
 def test_a_preset_run_gives_the_same_model_twice(tmp_path, data_root, preset) -> None:
-    """Presets stop at an iteration count, not on the clock: the same seed gives the same weights on any machine."""
+    """Presets stop at an iteration count, not on the clock: the same seed gives the same weights on any machine whose
+    float arithmetic matches (the CPU kind and torch's thread count, which metrics.json records)."""
     from training.config import build_config
 
     def run(out: Path) -> dict:

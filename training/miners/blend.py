@@ -16,7 +16,7 @@ class BlendMiner(Miner):
 
     name = "blend"
     letter = "B"
-    random_share = 0.25
+    random_share = 0.5
     """Probability that an anchor's triplet is Random's."""
 
     def mine(
