@@ -255,7 +255,8 @@ def test_ics_is_zero_when_the_adversarial_anchor_is_the_clean_anchor(batch):
     assert float(ics_loss(a, a, a + p)) == 0.0
 
 
-@pytest.mark.parametrize("method", ["N/A[R]", "EST[R]", "ACT[R]", "HM[S,gLGA]&ICS", "HM[R,2]", "HM[S,gB(M)]"])
+@pytest.mark.parametrize("method", ["N/A[R]", "EST[R]", "ACT[R]", "HM[S,gLGA]&ICS", "HM[R,2]", "HM[S,gB(M)]",
+                                    "HM[B,gLGA]&ICS+APGD"])
 def test_one_training_forward_and_no_attack_gradients(batch, method):
     model, images, labels = batch
     defense, loss, stats = run(method, model, images, labels)
