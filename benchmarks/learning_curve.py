@@ -1,13 +1,13 @@
 """ERS under the published and the strong attacker, and R@1, against training time: one run per method, trained in
 stages with `train --resume` and evaluated at each stage from a copy of its checkpoint.
 
-    python -m benchmarks.learning_curve --method "HM[S,gLGA]&ICS+APGD" --stages 350,700,1300,2600 --queries 128
+    python -m benchmarks.learning_curve --method "HM[B,gLGA]&ICS+APGD" --stages 350,700,1300,2600 --queries 128
     python -m benchmarks.learning_curve --method "ACT[R]" --pace "ACT[R]=2.0" --stages 120,240,450,900 --queries 128
 
 Every stage is the same command a user runs (`robust-retrieval train --preset standard --method M --max-steps S`,
 then `--resume` to the next stage), so the curve of one method is one training run. The x axis is minutes on 2 idle
 cores: iterations times the method's pace (`--pace "ACT[R]=2.0"`, seconds per iteration; the product's method trains
-at 0.68 s per iteration, so stages 350/700/1300/2600 are about 4/8/15/30 minutes). Each stage's snapshot is
+at 0.70 s per iteration, so stages 350/700/1300/2600 are about 4/8/15/30 minutes). Each stage's snapshot is
 evaluated with `robust-retrieval evaluate --protocols rob28,strong --max-queries Q` (seeded, class-balanced queries);
 the plot adds each run's own per-epoch validation proxy (QA- and TMA under APGD on 128 validation images). Writes
 benchmarks/results/learning_curve.{json,md,png}; a stopped benchmark keeps what it measured, and a rerun reuses every
@@ -30,7 +30,7 @@ from retrieval.jsonfiles import read_json
 
 RESULTS = Path(__file__).parent / "results"
 CLI = str(Path(sys.executable).with_name("robust-retrieval"))
-PRODUCT_PACE = 0.68
+PRODUCT_PACE = 0.70
 """Seconds per iteration of the product's method on 2 idle cores (training/config.py, the quick preset)."""
 SNAPSHOT_FILES = ("config.json", "checkpoint.pt", "metrics.json", "log.jsonl")
 
