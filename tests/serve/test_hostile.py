@@ -229,6 +229,9 @@ def test_unparseable_forms_are_400_invalid_multipart(http, body, content_type):
 def test_a_path_cannot_forge_log_records(http):
     with captured_logs("serve.access") as records:
         http.get("/livez%0A2026-01-01%2000:00:00%20INFO%20[x]%20serve:%20forged%1B[31mred")
+        deadline = time.monotonic() + 5  # the server thread logs the access once the answer is sent: wait for it
+        while not any("forged" in r.getMessage() for r in records) and time.monotonic() < deadline:
+            time.sleep(0.01)
     line = next(r.getMessage() for r in records if "forged" in r.getMessage())
     assert "\n" not in line and "\x1b" not in line and "%0A" in line
 
