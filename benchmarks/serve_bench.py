@@ -276,7 +276,7 @@ def main() -> None:
         art = fashion_10k(workdir)
         image = png(art.queries[0])
         os.sched_setaffinity(0, server_cores)
-        floor_wall, floor_cpu, decode_cpu = floor_ms(art, image, 2000)
+        floor = floor_ms(art, image, 2000)
         os.sched_setaffinity(0, client_cores)  # wrk and py-spy inherit it
         roots = {"this": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
         with contextlib.ExitStack() as stack:
@@ -295,9 +295,8 @@ def main() -> None:
                         for name, (url, proc) in servers.items()} if args.profile else {}
             probes = measure_probes(servers, image, args.probes)
         os.sched_setaffinity(0, server_cores)
-        again_wall, again_cpu, again_decode = floor_ms(art, image, 2000)  # the machine's load drifts: keep the lower
-        floor_wall, floor_cpu = min(floor_wall, again_wall), min(floor_cpu, again_cpu)
-        decode_cpu = min(decode_cpu, again_decode)
+        again = floor_ms(art, image, 2000)
+        floor_wall, floor_cpu, decode_cpu = map(min, floor, again)  # the machine's load drifts: keep the lower
     placement = {"server_cores": sorted(server_cores), "client_cores": sorted(client_cores)}
     baseline = {"root": str(roots["baseline"]), "revision": _revision(roots["baseline"]),
                 "search": http["baseline"], "profile": profiled.get("baseline"),

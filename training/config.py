@@ -47,10 +47,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 adversary searches the whole eps-ball in 8 steps (BENCHMARKS.md, "Training against the strong attacker"): 0.70 s per
 iteration on 2 idle cores, about 8 minutes. A fixed iteration count, not a time budget, so the same seed gives the same
 model on any machine with the same kind of CPU and torch thread count (metrics.json records `torch_threads`; float
-sums follow the thread count); --time-budget stays an option. standard: 3,000 iterations (6.4 epochs) at eta 8, about 36
-minutes of training on 2 idle cores (0.73 s per iteration; the strong ERS plateaus from about 1,300 iterations,
-BENCHMARKS.md "The learning curve"), validated every epoch and checkpointed every 100
-iterations for --resume. paper: the published protocol (model defaults: 8 epochs c2f2 / 75 resnet18) with eta 32."""
+sums follow the thread count); --time-budget stays an option. standard: 3,000 iterations (6.4 epochs) at eta 8, about
+36 minutes of training on 2 idle cores (0.73 s per iteration; the strong ERS plateaus from about 1,300 iterations,
+BENCHMARKS.md "The learning curve"), validated every epoch and checkpointed every 100 iterations for --resume. paper:
+the published protocol (model defaults: 8 epochs c2f2 / 75 resnet18) with eta 32."""
 
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -80,10 +80,15 @@ class Miner(Registered):
         A boolean mask gives a uniform choice among its True entries. Rows must have a positive weight.
         E is kept above 0 so a zero weight never becomes 0/0 = NaN (which argmax would pick).
         """
-        device = self.generator.device if self.generator is not None else weights.device
-        race = torch.empty(weights.shape, device=device).exponential_(generator=self.generator).to(weights.device)
+        race = torch.empty(weights.shape, device=self.draw_device(weights))
+        race = race.exponential_(generator=self.generator).to(weights.device)
         race = race.clamp_min(torch.finfo(race.dtype).tiny)
         return (weights.to(race.dtype) / race).argmax(dim=1)
+
+    def draw_device(self, like: torch.Tensor) -> torch.device:
+        """Where random draws happen: on the generator's own device (a CPU generator cannot fill a CUDA tensor), else
+        on `like`'s."""
+        return self.generator.device if self.generator is not None else like.device
 
     @staticmethod
     def partners(anchors: torch.Tensor) -> torch.Tensor:

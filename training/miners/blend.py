@@ -19,12 +19,17 @@ class BlendMiner(Miner):
     random_share = 0.5
     """Probability that an anchor's triplet is Random's."""
 
+    def __init__(self, margin: float = 0.2, reference: bool = False, generator: torch.Generator | None = None) -> None:
+        super().__init__(margin, reference, generator)
+        self.softhard = SofthardMiner(margin, reference, generator)
+        self.random = RandomMiner(margin, reference, generator)
+
     def mine(
         self, embeddings: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        miners = (cls(self.margin, self.reference, self.generator) for cls in (SofthardMiner, RandomMiner))
-        (soft_p, soft_n), (random_p, random_n) = (miner.mine(embeddings, labels, anchors) for miner in miners)
-        device = self.generator.device if self.generator is not None else embeddings.device
-        draw = torch.rand(len(anchors), generator=self.generator, device=device).to(anchors.device)
-        chosen = draw < self.random_share
-        return torch.where(chosen, random_p, soft_p), torch.where(chosen, random_n, soft_n)
+        soft_positives, soft_negatives = self.softhard.mine(embeddings, labels, anchors)
+        random_positives, random_negatives = self.random.mine(embeddings, labels, anchors)
+        draw = torch.rand(len(anchors), generator=self.generator, device=self.draw_device(anchors))
+        takes_random = draw.to(anchors.device) < self.random_share
+        return (torch.where(takes_random, random_positives, soft_positives),
+                torch.where(takes_random, random_negatives, soft_negatives))
