@@ -5,10 +5,10 @@
     python -m benchmarks.training_variants runs/var-*
 
 For every run: its method in paper notation and the options that differ from the method's defaults (step size, eta,
-eps, margin, init), iterations and training seconds, validation R@1 and the strong-attack proxy (`robust_QA-`,
-`robust_TMA`, `robust_proxy`: APGD on 128 seeded validation images), and, where `evaluate` has run, R@1, mAP and
-ERS under each protocol with its 95% interval; then, per configuration evaluated under the strong attacker, the mean
-and the spread over seeds. Writes benchmarks/results/training_variants.{json,md}.
+eps, margin, learning rate, init), iterations and training seconds, validation R@1 and the strong-attack proxy
+(`robust_QA-`, `robust_TMA`, `robust_proxy`: APGD on 128 seeded validation images), and, where `evaluate` has run,
+R@1, mAP and ERS under each protocol with its 95% interval; then, per configuration evaluated under the strong
+attacker, the mean and the spread over seeds. Writes benchmarks/results/training_variants.{json,md}.
 """
 
 from __future__ import annotations
@@ -20,11 +20,14 @@ from typing import Any
 
 from retrieval.atomic import atomic_write_json, atomic_write_text
 from retrieval.jsonfiles import read_json
+from training.config import TrainConfig
 from training.defenses.config import DefenseConfig
 
 RESULTS = Path(__file__).parent / "results"
 OPTIONS = ("pgd_steps", "alpha", "eps", "margin", "lga_u")
 """Defense options shown when a run set them (the method's notation does not say them)."""
+TRAINING_OPTIONS = ("lr", "weight_decay", "batch_pairs")
+"""Optimiser and batch options shown when a run changed them from TrainConfig's defaults."""
 
 
 def row(run: Path) -> dict[str, Any]:
@@ -32,6 +35,8 @@ def row(run: Path) -> dict[str, Any]:
     config = read_json(run / "config.json", "run")
     defaults = DefenseConfig()
     options = {k: config["defense"][k] for k in OPTIONS if config["defense"].get(k) != getattr(defaults, k)}
+    changed = [k for k in TRAINING_OPTIONS if config.get(k, getattr(TrainConfig, k)) != getattr(TrainConfig, k)]
+    options |= {k: config[k] for k in changed}
     if config.get("init"):
         options["init"] = Path(config["init"]).name
     result = {
