@@ -30,13 +30,15 @@ TRAINING_OPTIONS = ("lr", "weight_decay", "batch_pairs")
 """Optimiser and batch options shown when a run changed them from TrainConfig's defaults."""
 
 
+def changed(values: dict[str, Any], defaults: Any, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The `keys` of a saved configuration whose values differ from the dataclass `defaults`."""
+    return {k: values[k] for k in keys if values.get(k, getattr(defaults, k)) != getattr(defaults, k)}
+
+
 def row(run: Path) -> dict[str, Any]:
     metrics = read_json(run / "metrics.json", "run")
     config = read_json(run / "config.json", "run")
-    defaults = DefenseConfig()
-    options = {k: config["defense"][k] for k in OPTIONS if config["defense"].get(k) != getattr(defaults, k)}
-    changed = [k for k in TRAINING_OPTIONS if config.get(k, getattr(TrainConfig, k)) != getattr(TrainConfig, k)]
-    options |= {k: config[k] for k in changed}
+    options = changed(config["defense"], DefenseConfig(), OPTIONS) | changed(config, TrainConfig(), TRAINING_OPTIONS)
     if config.get("init"):
         options["init"] = Path(config["init"]).name
     result = {
